@@ -1,0 +1,913 @@
+//! The capture engine: resume or start a lineage, ship commits, checkpoint, snapshot.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+use super::source::Source;
+use super::state::StateReader;
+use super::{state_dir, CaptureOptions, Command};
+use crate::catalog::{fetch_header, segment_key, snapshot_key, Catalog, ObjectInfo};
+use crate::checksum::PageHashes;
+use crate::error::CaptureError;
+use crate::format::{BodyWriter, CommitRecord, ObjectHeader, ObjectKind, WalPosition};
+use crate::retention;
+use crate::store::{ObjectStore, PutMode, StoreError};
+use crate::wal::{WalCommit, WalFile, WalHeader};
+
+/// What the engine reports about itself.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct EngineStatus {
+    pub lineage: Option<String>,
+    /// Last txid durably in the replica.
+    pub last_shipped_txid: u64,
+    pub last_shipped_time_ms: Option<i64>,
+    /// Committed transactions in the WAL not yet in the replica.
+    pub pending_commits: u64,
+    /// Age of the oldest unshipped commit, when there is one.
+    pub lag_ms: u64,
+    pub wal_bytes: u64,
+    pub last_snapshot_key: Option<String>,
+    pub last_snapshot_time_ms: Option<i64>,
+    pub checkpoints: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Pos {
+    /// Next frame to read in a known WAL generation.
+    Known(WalPosition),
+    /// No WAL yet: the first header that appears starts at frame 0.
+    Fresh,
+}
+
+#[derive(Debug)]
+struct Lineage {
+    id: u64,
+    page_size: u32,
+    pos: Pos,
+    /// The pin was taken under the write lock with everything shipped and held
+    /// since, so a WAL restart seen now cannot have dropped an unshipped frame.
+    reset_safe: bool,
+    hashes: PageHashes,
+    /// Commits ending at or before this frame were caught up after a restart
+    /// whose start state could not be rebuilt: `hashes` already describes the
+    /// state at this frame, and their own checksums are unknown.
+    unknown_until: Option<u32>,
+    last_time_ms: i64,
+    /// Frame position at the last checkpoint (same generation as `pos`).
+    checkpoint_frame: u32,
+    last_snapshot_ms: i64,
+}
+
+struct Engine {
+    db_path: PathBuf,
+    store: Arc<dyn ObjectStore>,
+    opts: CaptureOptions,
+    rt: Handle,
+    src: Option<Source>,
+    lin: Option<Lineage>,
+    next_txid: u64,
+    last_commit_seen: Instant,
+    status: EngineStatus,
+    unshipped_since: Option<Instant>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub(crate) fn run(
+    db_path: PathBuf,
+    store: Arc<dyn ObjectStore>,
+    opts: CaptureOptions,
+    poll: Duration,
+    rt: Handle,
+    rx: Receiver<Command>,
+    ready: oneshot::Sender<Result<(), CaptureError>>,
+) -> Result<(), CaptureError> {
+    let mut eng = Engine::new(db_path, store, opts, rt);
+    if let Err(e) = eng.start() {
+        let _ = ready.send(Err(e));
+        return Ok(());
+    }
+    let _ = ready.send(Ok(()));
+    let mut failures = 0u32;
+    loop {
+        let wait = if failures > 0 {
+            Duration::from_millis(100 << failures.min(8)).min(Duration::from_secs(30))
+        } else {
+            eng.next_wait(poll)
+        };
+        let mut cmds = Vec::new();
+        match rx.recv_timeout(wait) {
+            Ok(c) => cmds.push(c),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => cmds.push(Command::Shutdown),
+        }
+        cmds.extend(rx.try_iter());
+        let mut shutdown = false;
+        let mut snapshots = Vec::new();
+        for c in cmds {
+            match c {
+                Command::Wake => {}
+                Command::Shutdown => shutdown = true,
+                Command::Snapshot(reply) => snapshots.push(reply),
+                Command::Status(reply) => {
+                    let _ = reply.send(eng.current_status());
+                }
+            }
+        }
+        if shutdown {
+            return eng.final_sync();
+        }
+        match eng.step() {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                eng.record_error(&e);
+            }
+        }
+        for reply in snapshots {
+            let r = eng.snapshot_now("requested");
+            if let Err(e) = &r {
+                eng.record_error(e);
+            }
+            let _ = reply.send(r.map_err(|e| e.to_string()));
+        }
+    }
+}
+
+pub(crate) fn once(
+    db_path: PathBuf,
+    store: Arc<dyn ObjectStore>,
+    opts: CaptureOptions,
+    rt: Handle,
+    force_snapshot: bool,
+) -> Result<Option<String>, CaptureError> {
+    let mut eng = Engine::new(db_path, store, opts, rt);
+    let before = eng.status.last_snapshot_key.clone();
+    eng.start()?;
+    eng.sync()?;
+    eng.checkpoint_cycle()?;
+    if force_snapshot {
+        return eng.snapshot_now("requested").map(Some);
+    }
+    eng.maybe_snapshot()?;
+    Ok(eng
+        .status
+        .last_snapshot_key
+        .clone()
+        .filter(|k| Some(k) != before.as_ref()))
+}
+
+impl Engine {
+    fn new(
+        db_path: PathBuf,
+        store: Arc<dyn ObjectStore>,
+        opts: CaptureOptions,
+        rt: Handle,
+    ) -> Engine {
+        Engine {
+            db_path,
+            store,
+            opts,
+            rt,
+            src: None,
+            lin: None,
+            next_txid: 1,
+            last_commit_seen: Instant::now(),
+            status: EngineStatus::default(),
+            unshipped_since: None,
+        }
+    }
+
+    fn record_error(&mut self, e: &CaptureError) {
+        tracing::error!(db = %self.db_path.display(), error = %e, "replication error; retrying");
+        self.status.last_error = Some(e.to_string());
+    }
+
+    fn src(&mut self) -> Result<&mut Source, CaptureError> {
+        self.src
+            .as_mut()
+            .ok_or_else(|| CaptureError::Stopped("source not open".into()))
+    }
+
+    fn lin(&mut self) -> Result<&mut Lineage, CaptureError> {
+        self.lin
+            .as_mut()
+            .ok_or_else(|| CaptureError::Stopped("no active lineage".into()))
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Time until the engine should look again without an event.
+    fn next_wait(&self, poll: Duration) -> Duration {
+        let pending_idle = self.lin.as_ref().is_some_and(|l| match l.pos {
+            Pos::Known(p) => p.frame > l.checkpoint_frame,
+            Pos::Fresh => false,
+        });
+        if pending_idle {
+            let left = self
+                .opts
+                .idle_checkpoint
+                .saturating_sub(self.last_commit_seen.elapsed());
+            poll.min(left.max(Duration::from_millis(10)))
+        } else {
+            poll
+        }
+    }
+
+    fn step(&mut self) -> Result<(), CaptureError> {
+        if self.lin.is_none() {
+            self.start()?;
+        }
+        self.sync()?;
+        self.maybe_checkpoint()?;
+        self.maybe_snapshot()
+    }
+
+    fn final_sync(&mut self) -> Result<(), CaptureError> {
+        let mut last = None;
+        for attempt in 0..5u32 {
+            let r = if self.lin.is_none() {
+                self.start()
+            } else {
+                self.sync()
+            };
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    self.record_error(&e);
+                    last = Some(e);
+                    std::thread::sleep(Duration::from_millis(200 << attempt));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| CaptureError::Stopped("final sync failed".into())))
+    }
+
+    /// Opens the source and resumes the replica's lineage when its continuity can
+    /// be proven, otherwise starts a new lineage with a snapshot.
+    fn start(&mut self) -> Result<(), CaptureError> {
+        self.lin = None;
+        self.src = None;
+        let mut src = Source::open(&self.db_path, self.opts.busy_timeout)?;
+        src.pin()?;
+        self.src = Some(src);
+        let catalog = self.block_on(Catalog::load(&self.store))?;
+        self.next_txid = catalog.max_txid() + 1;
+        self.status.last_shipped_txid = catalog.max_txid();
+        let last_snapshot = catalog.snapshots.last().cloned();
+        if let Some(s) = &last_snapshot {
+            self.status.last_snapshot_key = Some(s.key.clone());
+            self.status.last_snapshot_time_ms = Some(s.max_time_ms);
+        }
+        let reason = match catalog.newest() {
+            None => "the replica is empty".to_string(),
+            Some(newest) => match self.try_resume(newest)? {
+                Ok(mut lin) => {
+                    lin.last_snapshot_ms = last_snapshot.map_or(0, |s| s.max_time_ms);
+                    tracing::info!(db = %self.db_path.display(), lineage = %format!("{:016x}", lin.id),
+                        txid = self.next_txid - 1, "resuming the replica's lineage");
+                    self.status.lineage = Some(format!("{:016x}", lin.id));
+                    self.lin = Some(lin);
+                    return Ok(());
+                }
+                Err(reason) => reason,
+            },
+        };
+        self.new_lineage(&reason)
+    }
+
+    /// `Ok(Err(reason))` when continuity cannot be proven.
+    fn try_resume(&mut self, newest: &ObjectInfo) -> Result<Result<Lineage, String>, CaptureError> {
+        let h = self
+            .block_on(fetch_header(&self.store, newest))
+            .map_err(|e| e.into_capture())?;
+        let (Some(p), Some(last)) = (h.wal, h.last_commit().copied()) else {
+            return Ok(Err(
+                "the newest replica object records no WAL position".into()
+            ));
+        };
+        let src = self.src()?;
+        let page_size = src.page_size()?;
+        if page_size != h.page_size {
+            return Ok(Err(format!(
+                "page size changed from {} to {page_size}",
+                h.page_size
+            )));
+        }
+        let db_path = src.db_path.clone();
+        let wal = WalFile::open(&src.wal_path)?;
+        let header = wal.header()?;
+        let same_generation = match header {
+            Some(w) if w.salt1 == p.salt1 && w.salt2 == p.salt2 => {
+                p.frame == 0 || wal.stored_checksum(&w, p.frame - 1)? == Some(p.checksum)
+            }
+            _ => false,
+        };
+        let mut lin = Lineage {
+            id: h.lineage,
+            page_size,
+            pos: Pos::Known(p),
+            reset_safe: false,
+            hashes: PageHashes::new(page_size),
+            unknown_until: None,
+            last_time_ms: last.time_ms,
+            checkpoint_frame: 0,
+            last_snapshot_ms: 0,
+        };
+        if let (true, Some(w)) = (same_generation, header) {
+            let all = wal.scan_commits(&w, 0, w.checksum)?;
+            let prefix: Vec<WalCommit> = all
+                .iter()
+                .take_while(|c| c.end_frame <= p.frame)
+                .cloned()
+                .collect();
+            let at_boundary = prefix.last().map_or(p.frame == 0, |c| {
+                c.end_frame == p.frame && c.end_checksum == p.checksum
+            });
+            if !at_boundary {
+                return Ok(Err(
+                    "the shipped WAL position is not a commit in the current WAL".into(),
+                ));
+            }
+            let hashes = StateReader::new(&db_path, &wal, header, &prefix, page_size)?
+                .scan(|_, _| Ok(()))?;
+            if Some(hashes.checksum()) == last.checksum {
+                lin.hashes = hashes;
+                return Ok(Ok(lin));
+            }
+            let end = all.last().map_or(p.frame, |c| c.end_frame);
+            if end == p.frame {
+                return Ok(Err(
+                    "the database no longer matches the last shipped state".into()
+                ));
+            }
+            // The WAL chain is intact but the database file was checkpointed past the
+            // shipped position: the state at the WAL's end is still exact.
+            lin.hashes =
+                StateReader::new(&db_path, &wal, header, &all, page_size)?.scan(|_, _| Ok(()))?;
+            lin.unknown_until = Some(end);
+            return Ok(Ok(lin));
+        }
+        // The WAL was restarted or removed while walstream was not running. That is
+        // harmless only if the database file alone still holds the shipped state.
+        let reader = StateReader::new(&db_path, &wal, None, &[], page_size)?;
+        if reader.db_pages != last.db_pages {
+            return Ok(Err(
+                "the WAL was reset while walstream was not running".into()
+            ));
+        }
+        let hashes = reader.scan(|_, _| Ok(()))?;
+        if Some(hashes.checksum()) != last.checksum {
+            return Ok(Err(
+                "the WAL was reset while walstream was not running and the database changed".into(),
+            ));
+        }
+        lin.hashes = hashes;
+        lin.pos = match header {
+            Some(w) => Pos::Known(position(&w, 0, w.checksum)),
+            None => Pos::Fresh,
+        };
+        Ok(Ok(lin))
+    }
+
+    /// Starts a new lineage: a full snapshot at the next txid.
+    fn new_lineage(&mut self, reason: &str) -> Result<(), CaptureError> {
+        tracing::warn!(db = %self.db_path.display(), reason, "starting a new lineage with a full snapshot");
+        self.lin = None;
+        if self
+            .src
+            .as_ref()
+            .is_none_or(|s| s.replaced().unwrap_or(true))
+        {
+            self.src = None;
+            let mut src = Source::open(&self.db_path, self.opts.busy_timeout)?;
+            src.pin()?;
+            self.src = Some(src);
+        }
+        let src = self.src()?;
+        let page_size = src.page_size()?;
+        if !src.lock_writers()? {
+            return Err(CaptureError::Stopped(
+                "the application held the write lock longer than the busy timeout; retrying".into(),
+            ));
+        }
+        let locked = (|| {
+            src.unpin()?;
+            let (log, done) = src.checkpoint_passive()?;
+            src.pin()?;
+            let wal = WalFile::open(&src.wal_path)?;
+            let header = wal.header()?;
+            let commits = match header {
+                Some(h) => wal.scan_commits(&h, 0, h.checksum)?,
+                None => Vec::new(),
+            };
+            Ok::<_, CaptureError>((log >= 0 && log == done, header, commits))
+        })();
+        src.unlock_writers()?;
+        let (backfilled, header, commits) = locked?;
+        let pos = match header {
+            Some(h) => {
+                let (frame, sum) = commits
+                    .last()
+                    .map_or((0, h.checksum), |c| (c.end_frame, c.end_checksum));
+                Pos::Known(position(&h, frame, sum))
+            }
+            None => Pos::Fresh,
+        };
+        // A fully checkpointed WAL may be restarted by the next writer at any moment,
+        // but then the database file alone holds the state.
+        let overlay: &[WalCommit] = if backfilled { &[] } else { &commits };
+        let id = rand::random::<u64>();
+        let txid = self.next_txid;
+        let time = now_ms().max(self.lin.as_ref().map_or(0, |l| l.last_time_ms));
+        let (key, hashes) = self.write_snapshot(id, page_size, txid, time, pos, header, overlay)?;
+        self.next_txid = txid + 1;
+        let frame = match pos {
+            Pos::Known(p) => p.frame,
+            Pos::Fresh => 0,
+        };
+        self.lin = Some(Lineage {
+            id,
+            page_size,
+            pos,
+            reset_safe: true,
+            hashes,
+            unknown_until: None,
+            last_time_ms: time,
+            checkpoint_frame: frame,
+            last_snapshot_ms: time,
+        });
+        self.status.lineage = Some(format!("{id:016x}"));
+        self.after_snapshot(key, txid, time)
+    }
+
+    fn after_snapshot(&mut self, key: String, txid: u64, time: i64) -> Result<(), CaptureError> {
+        tracing::info!(db = %self.db_path.display(), %key, txid, "snapshot stored");
+        self.status.last_shipped_txid = self.status.last_shipped_txid.max(txid);
+        self.status.last_snapshot_key = Some(key);
+        self.status.last_snapshot_time_ms = Some(time);
+        self.prune()
+    }
+
+    fn prune(&mut self) -> Result<(), CaptureError> {
+        let catalog = self.block_on(Catalog::load(&self.store))?;
+        let plan = retention::plan(&catalog, self.opts.retain_snapshots);
+        if !plan.delete.is_empty() {
+            tracing::info!(
+                objects = plan.delete.len(),
+                "pruning objects no kept snapshot needs"
+            );
+            self.block_on(retention::execute(&self.store, &plan))?;
+        }
+        Ok(())
+    }
+
+    /// Streams the state (database file + `overlay` frames) into a snapshot object.
+    #[allow(clippy::too_many_arguments)]
+    fn write_snapshot(
+        &mut self,
+        lineage: u64,
+        page_size: u32,
+        txid: u64,
+        time: i64,
+        pos: Pos,
+        wal_header: Option<WalHeader>,
+        overlay: &[WalCommit],
+    ) -> Result<(String, PageHashes), CaptureError> {
+        let src = self.src()?;
+        let (db_path, wal_path) = (src.db_path.clone(), src.wal_path.clone());
+        let wal = WalFile::open(&wal_path)?;
+        let reader = StateReader::new(&db_path, &wal, wal_header, overlay, page_size)?;
+        let spool = Spool::create(&state_dir(&db_path))?;
+        let mut header = ObjectHeader {
+            kind: ObjectKind::Snapshot,
+            flags: 0,
+            key_id: [0; 8],
+            lineage,
+            page_size,
+            wal: match pos {
+                Pos::Known(p) => Some(p),
+                Pos::Fresh => None,
+            },
+            commits: vec![CommitRecord {
+                txid,
+                time_ms: time,
+                db_pages: reader.db_pages,
+                page_count: reader.db_pages,
+                checksum: Some(0),
+            }],
+        };
+        let io = |source| CaptureError::Io {
+            path: spool.path.clone(),
+            source,
+        };
+        let mut out = BufWriter::new(spool.file.try_clone().map_err(io)?);
+        out.write_all(&header.encode()).map_err(io)?;
+        let mut body = BodyWriter::new(out, ObjectKind::Snapshot);
+        let hashes = reader.scan(|pgno, page| body.write_page(pgno, page).map_err(io))?;
+        let out = body.finish().map_err(|e| CaptureError::Format {
+            key: spool.path.display().to_string(),
+            source: e,
+        })?;
+        let mut file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        header.commits[0].checksum = Some(hashes.checksum());
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        file.write_all(&header.encode()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        self.verify_wal_unchanged(&wal_path, pos)?;
+        let key = snapshot_key(txid, lineage, time);
+        let put = self
+            .store
+            .put_file(&key, spool.path.clone(), PutMode::CreateOnly);
+        self.block_on(put)?;
+        Ok((key, hashes))
+    }
+
+    /// The frames a snapshot read must still be the ones it read.
+    fn verify_wal_unchanged(&self, wal_path: &Path, pos: Pos) -> Result<(), CaptureError> {
+        let Pos::Known(p) = pos else { return Ok(()) };
+        if p.frame == 0 {
+            return Ok(());
+        }
+        let wal = WalFile::open(wal_path)?;
+        let intact = match wal.header()? {
+            Some(h) if h.salt1 == p.salt1 && h.salt2 == p.salt2 => {
+                wal.stored_checksum(&h, p.frame - 1)? == Some(p.checksum)
+            }
+            _ => false,
+        };
+        if intact {
+            Ok(())
+        } else {
+            Err(CaptureError::Stopped(
+                "the WAL was restarted while a snapshot was read; the snapshot will be retried"
+                    .into(),
+            ))
+        }
+    }
+
+    /// Ships every commit that appeared since the last call.
+    fn sync(&mut self) -> Result<(), CaptureError> {
+        if self.src()?.replaced()? {
+            return self.new_lineage("the database file was replaced");
+        }
+        let wal = WalFile::open(&self.src()?.wal_path)?;
+        let header = wal.header()?;
+        let lin = self.lin()?;
+        let (h, start, seed) = match (lin.pos, header) {
+            (Pos::Known(p), None) if p.frame > 0 && !lin.reset_safe => {
+                return self.new_lineage("the WAL was emptied before its frames were read");
+            }
+            (_, None) => return Ok(()),
+            (Pos::Known(p), Some(h)) if h.salt1 == p.salt1 && h.salt2 == p.salt2 => {
+                if p.frame > 0 && wal.stored_checksum(&h, p.frame - 1)? != Some(p.checksum) {
+                    return self.new_lineage("WAL frames were overwritten before they were read");
+                }
+                (h, p.frame, p.checksum)
+            }
+            (Pos::Known(p), Some(h))
+                if lin.reset_safe
+                    && h.salt1 == p.salt1.wrapping_add(1)
+                    && h.checkpoint_seq == p.checkpoint_seq.wrapping_add(1) =>
+            {
+                lin.reset_safe = false;
+                lin.checkpoint_frame = 0;
+                lin.pos = Pos::Known(position(&h, 0, h.checksum));
+                (h, 0, h.checksum)
+            }
+            (Pos::Fresh, Some(h)) => {
+                lin.checkpoint_frame = 0;
+                lin.pos = Pos::Known(position(&h, 0, h.checksum));
+                (h, 0, h.checksum)
+            }
+            (Pos::Known(_), Some(_)) => {
+                return self.new_lineage("the WAL was restarted or replaced by another process");
+            }
+        };
+        if h.page_size != lin.page_size {
+            return self.new_lineage("the page size changed");
+        }
+        let commits = wal.scan_commits(&h, start, seed)?;
+        if commits.is_empty() {
+            self.unshipped_since = None;
+            return Ok(());
+        }
+        self.last_commit_seen = Instant::now();
+        self.unshipped_since.get_or_insert_with(Instant::now);
+        self.ship(&wal, &h, &commits)?;
+        self.unshipped_since = None;
+        Ok(())
+    }
+
+    fn ship(
+        &mut self,
+        wal: &WalFile,
+        h: &WalHeader,
+        commits: &[WalCommit],
+    ) -> Result<(), CaptureError> {
+        let mut start = 0;
+        while start < commits.len() {
+            let mut end = start + 1;
+            let mut pages = commits[start].frames.len();
+            while end < commits.len()
+                && pages + commits[end].frames.len() <= self.opts.segment_pages
+            {
+                pages += commits[end].frames.len();
+                end += 1;
+            }
+            self.ship_segment(wal, h, &commits[start..end])?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn ship_segment(
+        &mut self,
+        wal: &WalFile,
+        h: &WalHeader,
+        batch: &[WalCommit],
+    ) -> Result<(), CaptureError> {
+        let next_txid = self.next_txid;
+        let lin = self.lin()?;
+        let time = now_ms().max(lin.last_time_ms);
+        lin.hashes.begin();
+        let built = build_segment(lin, wal, h, batch, next_txid, time);
+        let (header, bytes) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                lin.hashes.rollback();
+                return Err(e);
+            }
+        };
+        let key = segment_key(
+            header.min_txid(),
+            header.max_txid(),
+            header.lineage,
+            time,
+            time,
+        );
+        if let Err(e) = self.put_create_only(&key, bytes) {
+            self.lin()?.hashes.rollback();
+            return Err(e);
+        }
+        let lin = self.lin()?;
+        lin.hashes.commit();
+        let last = &batch[batch.len() - 1];
+        lin.pos = Pos::Known(position(h, last.end_frame, last.end_checksum));
+        if lin.unknown_until.is_some_and(|u| u <= last.end_frame) {
+            lin.unknown_until = None;
+        }
+        lin.last_time_ms = time;
+        self.next_txid = header.max_txid() + 1;
+        self.status.last_shipped_txid = header.max_txid();
+        self.status.last_shipped_time_ms = Some(time);
+        tracing::debug!(%key, commits = batch.len(), "segment shipped");
+        Ok(())
+    }
+
+    /// Write-once put; an identical object already there (a retried write that
+    /// had succeeded) counts as success.
+    fn put_create_only(&self, key: &str, bytes: Vec<u8>) -> Result<(), CaptureError> {
+        let body = Bytes::from(bytes);
+        match self.block_on(self.store.put(key, body.clone(), PutMode::CreateOnly)) {
+            Ok(()) => Ok(()),
+            Err(StoreError::AlreadyExists { .. }) => {
+                let existing = self.block_on(self.store.get(key))?;
+                if existing == body {
+                    Ok(())
+                } else {
+                    Err(CaptureError::Conflict {
+                        key: key.to_string(),
+                    })
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn maybe_checkpoint(&mut self) -> Result<(), CaptureError> {
+        let idle = self.last_commit_seen.elapsed() >= self.opts.idle_checkpoint;
+        let threshold = self.opts.checkpoint_pages;
+        let lin = self.lin()?;
+        let Pos::Known(p) = lin.pos else {
+            return Ok(());
+        };
+        let since = p.frame.saturating_sub(lin.checkpoint_frame);
+        if since >= threshold || (idle && since > 0) {
+            self.checkpoint_cycle()?;
+        }
+        Ok(())
+    }
+
+    /// With writers held off for a moment: ship the last frames, drop the pin,
+    /// checkpoint PASSIVE, pin again. Afterwards a WAL restart cannot drop
+    /// anything unshipped, and the WAL stays bounded.
+    fn checkpoint_cycle(&mut self) -> Result<(), CaptureError> {
+        if !self.src()?.lock_writers()? {
+            tracing::debug!("writers busy; checkpoint postponed");
+            return Ok(());
+        }
+        let r = self.sync().and_then(|()| {
+            let src = self.src()?;
+            src.unpin()?;
+            let r = src.checkpoint_passive();
+            src.pin()?;
+            r
+        });
+        self.src()?.unlock_writers()?;
+        let (log, done) = r?;
+        self.status.checkpoints += 1;
+        let lin = self.lin()?;
+        lin.reset_safe = true;
+        if let Pos::Known(p) = lin.pos {
+            lin.checkpoint_frame = p.frame;
+        }
+        tracing::debug!(log, done, "checkpoint");
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), CaptureError> {
+        let interval = self.opts.snapshot_interval.as_millis() as i64;
+        let due = self.lin()?.last_snapshot_ms + interval <= now_ms();
+        if due {
+            self.snapshot_now("scheduled")?;
+        }
+        Ok(())
+    }
+
+    /// A snapshot of the state at the last shipped txid, in the current lineage.
+    fn snapshot_now(&mut self, why: &str) -> Result<String, CaptureError> {
+        if self.lin.is_none() {
+            self.start()?;
+        }
+        self.sync()?;
+        let txid = self.next_txid - 1;
+        let wal = WalFile::open(&self.src()?.wal_path)?;
+        let header = wal.header()?;
+        let lin = self.lin()?;
+        let (id, page_size, pos, time, expected) = (
+            lin.id,
+            lin.page_size,
+            lin.pos,
+            lin.last_time_ms,
+            lin.hashes.checksum(),
+        );
+        let overlay = match (pos, header) {
+            (Pos::Known(p), Some(h)) if h.salt1 == p.salt1 && h.salt2 == p.salt2 => {
+                let all = wal.scan_commits(&h, 0, h.checksum)?;
+                all.into_iter()
+                    .take_while(|c| c.end_frame <= p.frame)
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        tracing::info!(db = %self.db_path.display(), txid, why, "taking a snapshot");
+        let (key, hashes) =
+            self.write_snapshot(id, page_size, txid, time, pos, header, &overlay)?;
+        if hashes.checksum() != expected {
+            tracing::error!(%key, txid, "snapshot checksum differs from the tracked state; tracking the snapshot's");
+            self.lin()?.hashes = hashes;
+        }
+        self.lin()?.last_snapshot_ms = now_ms();
+        self.after_snapshot(key.clone(), txid, time)?;
+        Ok(key)
+    }
+
+    fn current_status(&mut self) -> EngineStatus {
+        let mut s = self.status.clone();
+        s.lag_ms = self
+            .unshipped_since
+            .map_or(0, |t| t.elapsed().as_millis() as u64);
+        if let Some(src) = &self.src {
+            s.wal_bytes = std::fs::metadata(&src.wal_path).map_or(0, |m| m.len());
+            s.pending_commits = self.pending_commits().unwrap_or(0);
+        }
+        s
+    }
+
+    fn pending_commits(&self) -> Result<u64, CaptureError> {
+        let (Some(src), Some(lin)) = (&self.src, &self.lin) else {
+            return Ok(0);
+        };
+        let wal = WalFile::open(&src.wal_path)?;
+        Ok(match (lin.pos, wal.header()?) {
+            (Pos::Known(p), Some(h)) if h.salt1 == p.salt1 && h.salt2 == p.salt2 => {
+                wal.scan_commits(&h, p.frame, p.checksum)?.len() as u64
+            }
+            _ => 0,
+        })
+    }
+}
+
+fn position(h: &WalHeader, frame: u32, checksum: (u32, u32)) -> WalPosition {
+    WalPosition {
+        salt1: h.salt1,
+        salt2: h.salt2,
+        checkpoint_seq: h.checkpoint_seq,
+        frame,
+        checksum,
+    }
+}
+
+/// Encodes `batch` as one segment, updating the lineage's page hashes.
+fn build_segment(
+    lin: &mut Lineage,
+    wal: &WalFile,
+    h: &WalHeader,
+    batch: &[WalCommit],
+    first_txid: u64,
+    time: i64,
+) -> Result<(ObjectHeader, Vec<u8>), CaptureError> {
+    let mut body = BodyWriter::new(Vec::new(), ObjectKind::Segment);
+    let mut page = vec![0u8; h.page_size as usize];
+    let mut commits = Vec::with_capacity(batch.len());
+    let io = |source| CaptureError::Io {
+        path: wal.path().to_path_buf(),
+        source,
+    };
+    for (i, c) in batch.iter().enumerate() {
+        let latest = c.latest_frames();
+        let tracked = lin.unknown_until.is_none_or(|u| c.end_frame > u);
+        for &(pgno, frame) in &latest {
+            if !wal.read_page(h, frame, &mut page)? {
+                return Err(CaptureError::WalShrank {
+                    path: wal.path().to_path_buf(),
+                    frame,
+                });
+            }
+            if tracked {
+                lin.hashes.set_page(pgno, &page);
+            }
+            body.write_page(pgno, &page).map_err(io)?;
+        }
+        if tracked {
+            lin.hashes.resize(c.db_pages);
+        }
+        let known = tracked || lin.unknown_until == Some(c.end_frame);
+        commits.push(CommitRecord {
+            txid: first_txid + i as u64,
+            time_ms: time,
+            db_pages: c.db_pages,
+            page_count: latest.len() as u32,
+            checksum: known.then(|| lin.hashes.checksum()),
+        });
+    }
+    let last = &batch[batch.len() - 1];
+    let header = ObjectHeader {
+        kind: ObjectKind::Segment,
+        flags: 0,
+        key_id: [0; 8],
+        lineage: lin.id,
+        page_size: h.page_size,
+        wal: Some(position(h, last.end_frame, last.end_checksum)),
+        commits,
+    };
+    let body = body.finish().map_err(|e| CaptureError::Format {
+        key: "new segment".into(),
+        source: e,
+    })?;
+    let mut out = header.encode();
+    out.extend_from_slice(&body);
+    Ok((header, out))
+}
+
+/// A temporary file in the state directory, removed when dropped.
+struct Spool {
+    path: PathBuf,
+    file: File,
+}
+
+impl Spool {
+    fn create(dir: &Path) -> Result<Spool, CaptureError> {
+        let path = dir.join(format!("snapshot-{:016x}.tmp", rand::random::<u64>()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|source| CaptureError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Spool { path, file })
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

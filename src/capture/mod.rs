@@ -1,0 +1,237 @@
+//! Capture: turning the source database's WAL into shipped segments.
+//!
+//! The engine runs on its own thread (all SQLite and WAL file work is blocking) and
+//! calls the async object store through a runtime handle. See
+//! `docs/architecture.md` for why no committed transaction can be lost.
+
+mod engine;
+mod lock;
+pub(crate) mod source;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::error::CaptureError;
+use crate::store::ObjectStore;
+
+pub use engine::EngineStatus;
+pub use lock::{state_dir, ReplicationLock};
+pub use source::{check_sqlite_version, wal_path};
+
+/// Settings of one replication.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// Checkpoint (PASSIVE) once this many frames were shipped since the last one.
+    pub checkpoint_pages: u32,
+    /// Checkpoint when no commit arrived for this long and shipped frames remain.
+    pub idle_checkpoint: Duration,
+    /// Safety-net poll when no file event arrives.
+    pub poll_interval: Duration,
+    /// How long to wait for SQLite locks.
+    pub busy_timeout: Duration,
+    /// Take a full snapshot when the newest one is older than this.
+    pub snapshot_interval: Duration,
+    /// Snapshots to keep; segments no kept snapshot needs are deleted.
+    pub retain_snapshots: usize,
+    /// Most page records in one segment (a single larger transaction still makes
+    /// one segment).
+    pub segment_pages: usize,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        CaptureOptions {
+            checkpoint_pages: 1000,
+            idle_checkpoint: Duration::from_secs(1),
+            poll_interval: Duration::from_secs(1),
+            busy_timeout: Duration::from_secs(5),
+            snapshot_interval: Duration::from_secs(24 * 3600),
+            retain_snapshots: 7,
+            segment_pages: 4096,
+        }
+    }
+}
+
+pub(crate) enum Command {
+    Wake,
+    Snapshot(oneshot::Sender<Result<String, String>>),
+    Status(oneshot::Sender<EngineStatus>),
+    Shutdown,
+}
+
+/// A running replication of one database (see [`Replication::start`]).
+#[derive(Debug)]
+pub struct Replication {
+    tx: mpsc::Sender<Command>,
+    thread: std::sync::Mutex<Option<JoinHandle<Result<(), CaptureError>>>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    _lock: ReplicationLock,
+}
+
+impl Replication {
+    /// Opens the database, resumes or starts a lineage in the replica (taking a
+    /// snapshot when needed) and starts shipping. Returns once that start-up is
+    /// done, so start-up errors (missing database, wrong journal mode, another
+    /// replicator running) come back here. Must be called inside a tokio runtime.
+    pub async fn start(
+        db_path: &Path,
+        store: Arc<dyn ObjectStore>,
+        opts: CaptureOptions,
+    ) -> Result<Replication, CaptureError> {
+        let db_path = absolute(db_path)?;
+        let lock = ReplicationLock::acquire(&db_path)?;
+        let (tx, rx) = mpsc::channel();
+        let watcher = watch(&db_path, tx.clone());
+        let poll = if watcher.is_some() {
+            opts.poll_interval
+        } else {
+            opts.poll_interval.min(Duration::from_millis(50))
+        };
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let rt = tokio::runtime::Handle::current();
+        let path = db_path.clone();
+        let thread = std::thread::Builder::new()
+            .name("walstream-capture".into())
+            .spawn(move || engine::run(path, store, opts, poll, rt, rx, ready_tx))
+            .map_err(|source| CaptureError::Io {
+                path: db_path.clone(),
+                source,
+            })?;
+        let rep = Replication {
+            tx,
+            thread: std::sync::Mutex::new(Some(thread)),
+            _watcher: watcher,
+            _lock: lock,
+        };
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(rep),
+            Ok(Err(e)) => {
+                rep.join()?;
+                Err(e)
+            }
+            Err(_) => Err(rep
+                .join()
+                .err()
+                .unwrap_or(CaptureError::Stopped("capture thread ended".into()))),
+        }
+    }
+
+    /// Takes a full snapshot now; returns its key.
+    pub async fn snapshot(&self) -> Result<String, CaptureError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Snapshot(tx))?;
+        rx.await
+            .map_err(|_| CaptureError::Stopped("capture thread ended".into()))?
+            .map_err(CaptureError::Stopped)
+    }
+
+    /// Positions, lag and the last error.
+    pub async fn status(&self) -> Result<EngineStatus, CaptureError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Status(tx))?;
+        rx.await
+            .map_err(|_| CaptureError::Stopped("capture thread ended".into()))
+    }
+
+    /// Ships every transaction committed so far, then stops. Later calls
+    /// return at once.
+    pub async fn shutdown(&self) -> Result<(), CaptureError> {
+        let _ = self.tx.send(Command::Shutdown);
+        let thread = self.take_thread();
+        tokio::task::spawn_blocking(move || join(thread))
+            .await
+            .map_err(|e| CaptureError::Stopped(e.to_string()))?
+    }
+
+    fn take_thread(&self) -> Option<JoinHandle<Result<(), CaptureError>>> {
+        self.thread.lock().map(|mut t| t.take()).unwrap_or(None)
+    }
+
+    /// True once the capture thread has ended (it only ends on shutdown or a
+    /// fatal error).
+    pub fn is_finished(&self) -> bool {
+        self.thread
+            .lock()
+            .map(|t| t.as_ref().is_none_or(|t| t.is_finished()))
+            .unwrap_or(true)
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), CaptureError> {
+        self.tx
+            .send(cmd)
+            .map_err(|_| CaptureError::Stopped("capture thread ended".into()))
+    }
+
+    fn join(&self) -> Result<(), CaptureError> {
+        join(self.take_thread())
+    }
+}
+
+fn join(thread: Option<JoinHandle<Result<(), CaptureError>>>) -> Result<(), CaptureError> {
+    match thread {
+        None => Ok(()),
+        Some(t) => t
+            .join()
+            .map_err(|_| CaptureError::Stopped("capture thread panicked".into()))?,
+    }
+}
+
+impl Drop for Replication {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Command::Shutdown);
+    }
+}
+
+/// One pass: resume or start a lineage, ship everything committed, checkpoint,
+/// and with `force_snapshot` take a snapshot. Returns the snapshot key if one was
+/// taken by this call.
+pub async fn replicate_once(
+    db_path: &Path,
+    store: Arc<dyn ObjectStore>,
+    opts: CaptureOptions,
+    force_snapshot: bool,
+) -> Result<Option<String>, CaptureError> {
+    let db_path = absolute(db_path)?;
+    let _lock = ReplicationLock::acquire(&db_path)?;
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || engine::once(db_path, store, opts, rt, force_snapshot))
+        .await
+        .map_err(|e| CaptureError::Stopped(e.to_string()))?
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, CaptureError> {
+    std::path::absolute(path).map_err(|source| CaptureError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// File events on the database's directory wake the engine within milliseconds
+/// of a commit. `None` when the platform offers no watcher (polling then).
+fn watch(db_path: &Path, tx: mpsc::Sender<Command>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let dir = db_path.parent()?.to_path_buf();
+    let wal = wal_path(db_path);
+    let db = db_path.to_path_buf();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if ev.paths.iter().any(|p| p == &wal || p == &db) {
+                let _ = tx.send(Command::Wake);
+            }
+        }
+    })
+    .ok()?;
+    match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+        Ok(()) => Some(watcher),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "file events unavailable, polling instead");
+            None
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The replicator's own connections to the source database: the pin (a read
+//! transaction that keeps the WAL from being reset) and a lock connection used only
+//! to hold SQLite's write lock for a few milliseconds while nothing may change.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, FileControl, OpenFlags};
+
+use crate::error::CaptureError;
+
+/// SQLite 3.51.3 fixed a WAL-reset race that corrupts databases with exactly the
+/// application-plus-replicator topology.
+pub const MIN_SQLITE_VERSION: i32 = 3_051_003;
+
+/// Refuses to run on a linked SQLite older than [`MIN_SQLITE_VERSION`].
+pub fn check_sqlite_version() -> Result<(), CaptureError> {
+    let v = rusqlite::version_number();
+    if v < MIN_SQLITE_VERSION {
+        return Err(CaptureError::SqliteTooOld {
+            found: rusqlite::version().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// File identity, to notice a database or WAL replaced behind our back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+pub fn file_id(path: &Path) -> std::io::Result<Option<FileId>> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn wal_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+#[derive(Debug)]
+pub struct Source {
+    pub db_path: PathBuf,
+    pub wal_path: PathBuf,
+    pub db_id: FileId,
+    pin: Connection,
+    lock: Connection,
+    pinned: bool,
+    locked: bool,
+}
+
+impl Source {
+    /// Opens both connections and checks the database is usable.
+    pub fn open(db_path: &Path, busy_timeout: Duration) -> Result<Source, CaptureError> {
+        check_sqlite_version()?;
+        let db_id = match file_id(db_path) {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                return Err(CaptureError::DatabaseMissing {
+                    path: db_path.to_path_buf(),
+                })
+            }
+            Err(source) => {
+                return Err(CaptureError::Io {
+                    path: db_path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let pin = open_connection(db_path, busy_timeout)?;
+        check_database(db_path, &pin)?;
+        let lock = open_connection(db_path, busy_timeout)?;
+        Ok(Source {
+            db_path: db_path.to_path_buf(),
+            wal_path: wal_path(db_path),
+            db_id,
+            pin,
+            lock,
+            pinned: false,
+            locked: false,
+        })
+    }
+
+    fn sql_err(&self, source: rusqlite::Error) -> CaptureError {
+        CaptureError::Sqlite {
+            path: self.db_path.clone(),
+            source,
+        }
+    }
+
+    /// Starts (or restarts) the pin read transaction.
+    pub fn pin(&mut self) -> Result<(), CaptureError> {
+        self.unpin()?;
+        self.pin
+            .execute_batch("BEGIN DEFERRED; SELECT 1 FROM sqlite_schema LIMIT 1;")
+            .map_err(|e| self.sql_err(e))?;
+        self.pinned = true;
+        Ok(())
+    }
+
+    pub fn unpin(&mut self) -> Result<(), CaptureError> {
+        if self.pinned {
+            self.pinned = false;
+            self.pin
+                .execute_batch("COMMIT")
+                .map_err(|e| self.sql_err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Takes SQLite's write lock (`BEGIN IMMEDIATE` writes nothing). Returns false
+    /// when the application held it for longer than the busy timeout.
+    pub fn lock_writers(&mut self) -> Result<bool, CaptureError> {
+        match self.lock.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => {
+                self.locked = true;
+                Ok(true)
+            }
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(self.sql_err(e)),
+        }
+    }
+
+    pub fn unlock_writers(&mut self) -> Result<(), CaptureError> {
+        if self.locked {
+            self.locked = false;
+            self.lock
+                .execute_batch("ROLLBACK")
+                .map_err(|e| self.sql_err(e))?;
+        }
+        Ok(())
+    }
+
+    /// PASSIVE checkpoint on the pin connection (which must be unpinned): copies
+    /// what it can without waiting for anyone. Returns (WAL frames, frames
+    /// checkpointed).
+    pub fn checkpoint_passive(&mut self) -> Result<(i64, i64), CaptureError> {
+        let r = self
+            .pin
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
+            .map_err(|e| self.sql_err(e))?;
+        Ok(r)
+    }
+
+    /// True when the database path now names a different file than the one open.
+    pub fn replaced(&self) -> Result<bool, CaptureError> {
+        let now = file_id(&self.db_path).map_err(|source| CaptureError::Io {
+            path: self.db_path.clone(),
+            source,
+        })?;
+        Ok(now != Some(self.db_id))
+    }
+
+    /// Page size and journal mode as SQLite reports them now.
+    pub fn page_size(&self) -> Result<u32, CaptureError> {
+        self.pin
+            .query_row("PRAGMA page_size", [], |r| r.get::<_, u32>(0))
+            .map_err(|e| self.sql_err(e))
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        // Errors here only mean the transactions are already gone; closing the
+        // connections ends them either way.
+        let _ = self.unlock_writers();
+        let _ = self.unpin();
+    }
+}
+
+fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection, CaptureError> {
+    let err = |source| CaptureError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(err)?;
+    conn.busy_timeout(busy_timeout).map_err(err)?;
+    // Never checkpoint on our own schedule or on close: only after shipping.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(err)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        .map_err(err)?;
+    let mut persist: std::ffi::c_int = 1;
+    conn.file_control(Some("main"), FileControl::PersistWal(&mut persist))
+        .map_err(err)?;
+    Ok(conn)
+}
+
+fn check_database(path: &Path, conn: &Connection) -> Result<(), CaptureError> {
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(|source| match &source {
+            rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::NotADatabase => {
+                CaptureError::NotADatabase {
+                    path: path.to_path_buf(),
+                }
+            }
+            _ => CaptureError::Sqlite {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(CaptureError::NotWalMode {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}

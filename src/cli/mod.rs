@@ -1,0 +1,338 @@
+//! Maps command-line arguments to library calls.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{signal, SignalKind};
+
+use walstream::config::Config;
+use walstream::control;
+use walstream::{CaptureOptions, IntegrityCheck, ReplicaUrl, Replication, RestoreOptions, Target};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "walstream",
+    version,
+    about = "Continuous replication and point-in-time restore for SQLite"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Check {
+    None,
+    Quick,
+    Full,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Replicate a database until SIGINT/SIGTERM (or one pass with --once).
+    Replicate {
+        db: Option<PathBuf>,
+        replica: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Do not expand ${VAR} in the config file.
+        #[arg(long)]
+        no_expand_env: bool,
+        /// One pass: snapshot if needed, ship everything committed, exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Restore a database from a replica (latest, or to a txid or time).
+    Restore {
+        replica: Option<String>,
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// RFC 3339 time: the state after every transaction recorded at or before it.
+        #[arg(long, conflicts_with = "txid")]
+        timestamp: Option<String>,
+        /// The state right after transaction N.
+        #[arg(long)]
+        txid: Option<u64>,
+        /// Replace an existing output file.
+        #[arg(long)]
+        force: bool,
+        /// Print the plan and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum, default_value = "quick")]
+        integrity_check: Check,
+        /// Exit 0 without writing when the replica is empty.
+        #[arg(long)]
+        if_replica_exists: bool,
+        /// Exit 0 and touch nothing when the output exists.
+        #[arg(long)]
+        if_db_not_exists: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        no_expand_env: bool,
+    },
+    /// Take a full snapshot now (through the running replicate, if any).
+    Snapshot { db: PathBuf, replica: String },
+    /// List lineages, snapshots, segments and the restorable window.
+    List {
+        replica: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read every object and check checksums, continuity and coverage.
+    Verify {
+        replica: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Last committed and shipped txid, lag, last snapshot.
+    Status {
+        db: PathBuf,
+        replica: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WALSTREAM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Replicate {
+            db,
+            replica,
+            config,
+            no_expand_env,
+            once,
+        } => {
+            let (dbs, opts) = targets(db, replica, config, !no_expand_env)?;
+            if once {
+                for (db, url) in dbs {
+                    walstream::replicate_once(&db, url.open(), opts.clone(), false)
+                        .await
+                        .with_context(|| format!("replicating {}", db.display()))?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            replicate(dbs, opts).await
+        }
+        Command::Restore {
+            replica,
+            output,
+            timestamp,
+            txid,
+            force,
+            dry_run,
+            integrity_check,
+            if_replica_exists,
+            if_db_not_exists,
+            config,
+            no_expand_env,
+        } => {
+            let (out, url) = restore_paths(replica, output, config, !no_expand_env)?;
+            let target = match (timestamp, txid) {
+                (Some(t), _) => Target::Time(parse_time(&t)?),
+                (None, Some(n)) => Target::Txid(n),
+                (None, None) => Target::Latest,
+            };
+            let check = match integrity_check {
+                Check::None => IntegrityCheck::None,
+                Check::Quick => IntegrityCheck::Quick,
+                Check::Full => IntegrityCheck::Full,
+            };
+            let flags = output::RestoreFlags {
+                dry_run,
+                if_replica_exists,
+                if_db_not_exists,
+            };
+            let opts = RestoreOptions {
+                output: out,
+                target,
+                force,
+                integrity_check: check,
+                progress: None,
+            };
+            output::restore(&url.open(), opts, flags).await
+        }
+        Command::Snapshot { db, replica } => {
+            let url = ReplicaUrl::parse(&replica)?;
+            let key = if walstream::capture::ReplicationLock::is_held(&db) {
+                let reply = control::request(&db, &control::Request::Snapshot)
+                    .await
+                    .context("asking the running replicate for a snapshot")?;
+                reply
+                    .snapshot
+                    .ok_or_else(|| anyhow!(reply.error.unwrap_or_default()))?
+            } else {
+                walstream::replicate_once(&db, url.open(), CaptureOptions::default(), true)
+                    .await?
+                    .ok_or_else(|| anyhow!("no snapshot was taken"))?
+            };
+            println!("{key}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List { replica, json } => {
+            output::list(&ReplicaUrl::parse(&replica)?.open(), json).await
+        }
+        Command::Verify { replica, json } => {
+            output::verify(&ReplicaUrl::parse(&replica)?.open(), json).await
+        }
+        Command::Status { db, replica, json } => {
+            let db = std::path::absolute(&db)?;
+            output::status(&db, &ReplicaUrl::parse(&replica)?.open(), json).await
+        }
+    }
+}
+
+/// Databases to replicate, from arguments or the config file.
+fn targets(
+    db: Option<PathBuf>,
+    replica: Option<String>,
+    config: Option<PathBuf>,
+    expand: bool,
+) -> Result<(Vec<(PathBuf, ReplicaUrl)>, CaptureOptions)> {
+    match (db, replica, config) {
+        (Some(db), Some(r), None) => Ok((
+            vec![(db, ReplicaUrl::parse(&r)?)],
+            CaptureOptions::default(),
+        )),
+        (None, None, Some(path)) => {
+            let c = Config::load(&path, expand)?;
+            if c.dbs.is_empty() {
+                bail!("config {} lists no [[db]]", path.display());
+            }
+            Ok((
+                c.dbs.into_iter().map(|d| (d.path, d.replica)).collect(),
+                c.capture,
+            ))
+        }
+        (Some(_), None, None) => {
+            bail!("missing REPLICA_URL: walstream replicate DB_PATH REPLICA_URL")
+        }
+        _ => bail!("give either DB_PATH REPLICA_URL or --config FILE"),
+    }
+}
+
+fn restore_paths(
+    replica: Option<String>,
+    output: Option<PathBuf>,
+    config: Option<PathBuf>,
+    expand: bool,
+) -> Result<(PathBuf, ReplicaUrl)> {
+    let from_config = match &config {
+        Some(path) => Config::load(path, expand)?.dbs.into_iter().next(),
+        None => None,
+    };
+    let out = output
+        .or_else(|| from_config.as_ref().map(|d| d.path.clone()))
+        .ok_or_else(|| anyhow!("missing -o OUT (the file to restore into)"))?;
+    let url = match (replica, from_config) {
+        (Some(r), _) => ReplicaUrl::parse(&r)?,
+        (None, Some(d)) => d.replica,
+        (None, None) => bail!("missing REPLICA_URL"),
+    };
+    Ok((out, url))
+}
+
+fn parse_time(s: &str) -> Result<i64> {
+    let t = chrono::DateTime::parse_from_rfc3339(s).with_context(|| {
+        format!("--timestamp {s:?} is not RFC 3339 (like 2026-11-22T08:30:00.250Z)")
+    })?;
+    Ok(t.timestamp_millis())
+}
+
+async fn replicate(dbs: Vec<(PathBuf, ReplicaUrl)>, opts: CaptureOptions) -> Result<ExitCode> {
+    // Installed before start-up so a signal during the first snapshot is not lost.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut running = Vec::new();
+    for (db, url) in dbs {
+        let rep = Replication::start(&db, url.open(), opts.clone())
+            .await
+            .with_context(|| format!("starting replication of {} to {url}", db.display()))?;
+        let rep = Arc::new(rep);
+        let server = control::serve(&std::path::absolute(&db)?, Arc::clone(&rep))
+            .with_context(|| format!("opening the control socket for {}", db.display()))?;
+        tracing::info!(db = %db.display(), replica = %url, "replicating");
+        running.push((db, rep, server));
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tick.tick() => {
+                if running.iter().any(|(_, rep, _)| rep.is_finished()) {
+                    tracing::error!("a replication stopped unexpectedly");
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down: shipping what is committed");
+    let mut failed = false;
+    for (db, rep, server) in running {
+        server.abort();
+        let _ = server.await;
+        let _ = std::fs::remove_file(control::socket_path(&std::path::absolute(&db)?));
+        if let Err(e) = rep.shutdown().await {
+            tracing::error!(db = %db.display(), error = %e, "final sync failed");
+            failed = true;
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

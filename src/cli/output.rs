@@ -1,0 +1,262 @@
+//! Rendering library results for people (text) and scripts (JSON).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use walstream::catalog::{Catalog, ObjectInfo};
+use walstream::restore::format_time;
+use walstream::{ObjectStore, RestoreError, RestoreOptions};
+
+pub struct RestoreFlags {
+    pub dry_run: bool,
+    pub if_replica_exists: bool,
+    pub if_db_not_exists: bool,
+}
+
+pub async fn restore(
+    store: &Arc<dyn ObjectStore>,
+    mut opts: RestoreOptions,
+    flags: RestoreFlags,
+) -> Result<ExitCode> {
+    if flags.if_db_not_exists && opts.output.symlink_metadata().is_ok() {
+        eprintln!(
+            "{} exists; nothing restored (--if-db-not-exists)",
+            opts.output.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if flags.dry_run {
+        return match walstream::plan_restore(store, opts.target).await {
+            Ok(plan) => {
+                println!("{plan}");
+                println!("  output {}", opts.output.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(RestoreError::EmptyReplica { .. }) if flags.if_replica_exists => {
+                empty_replica(store)
+            }
+            Err(e) => Err(e.into()),
+        };
+    }
+    let bar = progress_bar();
+    if let Some(bar) = &bar {
+        let bar = bar.clone();
+        opts.progress = Some(Arc::new(move |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        }));
+    }
+    let result = walstream::restore(store, &opts).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    match result {
+        Ok(r) => {
+            let proof = if r.checksum_verified {
+                "checksum verified"
+            } else {
+                "checksum not recorded for this txid"
+            };
+            eprintln!(
+                "restored {} to txid {} ({}), {} pages of {} bytes, {proof}",
+                r.output.display(),
+                r.txid,
+                format_time(r.time_ms),
+                r.db_pages,
+                r.page_size
+            );
+            for key in &r.skipped_damaged {
+                eprintln!("warning: damaged object {key} was planned around");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(RestoreError::EmptyReplica { .. }) if flags.if_replica_exists => empty_replica(store),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn empty_replica(store: &Arc<dyn ObjectStore>) -> Result<ExitCode> {
+    eprintln!(
+        "replica {} is empty; nothing restored (--if-replica-exists)",
+        store.describe()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_bar() -> Option<ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new(0);
+    if let Ok(style) =
+        ProgressStyle::with_template("restoring [{bar:40}] {bytes}/{total_bytes} {eta}")
+    {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
+fn object_json(o: &ObjectInfo) -> serde_json::Value {
+    json!({
+        "key": o.key,
+        "lineage": format!("{:016x}", o.lineage),
+        "min_txid": o.min_txid,
+        "max_txid": o.max_txid,
+        "time": format_time(o.max_time_ms),
+        "min_time": format_time(o.min_time_ms),
+        "size": o.size,
+    })
+}
+
+pub async fn list(store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitCode> {
+    let cat = Catalog::load(store).await?;
+    let window = cat.window();
+    if as_json {
+        let v = json!({
+            "window": window.map(|w| json!({
+                "min_txid": w.min_txid,
+                "max_txid": w.max_txid,
+                "min_time": format_time(w.min_time_ms),
+                "max_time": format_time(w.max_time_ms),
+            })),
+            "snapshots": cat.snapshots.iter().map(object_json).collect::<Vec<_>>(),
+            "segments": cat.segments.iter().map(object_json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match window {
+        Some(w) => println!(
+            "restorable window: txid {}..={} ({} .. {})",
+            w.min_txid,
+            w.max_txid,
+            format_time(w.min_time_ms),
+            format_time(w.max_time_ms)
+        ),
+        None => println!("restorable window: empty"),
+    }
+    let mut lineages: Vec<u64> = cat
+        .snapshots
+        .iter()
+        .chain(&cat.segments)
+        .map(|o| o.lineage)
+        .collect();
+    lineages.sort_unstable();
+    lineages.dedup();
+    for l in lineages {
+        let segs: Vec<&ObjectInfo> = cat.segments.iter().filter(|o| o.lineage == l).collect();
+        let bytes: u64 = segs.iter().map(|o| o.size).sum();
+        println!("lineage {l:016x}:");
+        for s in cat.snapshots.iter().filter(|o| o.lineage == l) {
+            println!(
+                "  snapshot txid {:>8}  {}  {:>12} bytes  {}",
+                s.max_txid,
+                format_time(s.max_time_ms),
+                s.size,
+                s.key
+            );
+        }
+        if let (Some(first), Some(last)) = (segs.first(), segs.last()) {
+            println!(
+                "  segments txid {}..={} ({} objects, {bytes} bytes, {} .. {})",
+                first.min_txid,
+                last.max_txid,
+                segs.len(),
+                format_time(first.min_time_ms),
+                format_time(last.max_time_ms)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn verify(store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitCode> {
+    let report = walstream::verify(store).await?;
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "ok": report.is_ok(),
+                "objects": report.objects,
+                "bytes": report.bytes,
+                "commits_checked": report.commits_checked,
+                "problems": report.problems,
+            }))?
+        );
+    } else {
+        for p in &report.problems {
+            let sev = match p.severity {
+                walstream::verify::Severity::Error => "ERROR",
+                walstream::verify::Severity::Warning => "warning",
+            };
+            match &p.key {
+                Some(k) => println!("{sev}: {k}: {}", p.problem),
+                None => println!("{sev}: {}", p.problem),
+            }
+        }
+        println!(
+            "{}: {} objects, {} bytes, {} commits checked",
+            if report.is_ok() { "OK" } else { "FAILED" },
+            report.objects,
+            report.bytes,
+            report.commits_checked
+        );
+    }
+    Ok(if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub async fn status(db: &Path, store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitCode> {
+    let live = walstream::control::live_status(db).await;
+    let s = walstream::status::status(db, store, live).await?;
+    if as_json {
+        let mut v = serde_json::to_value(&s)?;
+        v["last_snapshot_time"] = json!(s.last_snapshot_time_ms.map(format_time));
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opt = |v: Option<u64>| v.map_or("unknown".to_string(), |n| n.to_string());
+    println!("database:            {}", s.database);
+    println!("replica:             {}", s.replica);
+    println!(
+        "replicating:         {}",
+        if s.replicating { "yes" } else { "no" }
+    );
+    println!("last committed txid: {}", opt(s.last_committed_txid));
+    println!("last shipped txid:   {}", s.last_shipped_txid);
+    println!("pending commits:     {}", opt(s.pending_commits));
+    println!(
+        "lag:                 {}",
+        s.lag_ms.map_or("unknown".into(), |ms| format!(
+            "{:.3} s",
+            ms as f64 / 1000.0
+        ))
+    );
+    println!("WAL size:            {} bytes", s.wal_bytes);
+    println!(
+        "last snapshot:       {}",
+        s.last_snapshot_time_ms.map_or("none".into(), format_time)
+    );
+    if let Some(w) = &s.window {
+        println!(
+            "restorable window:   txid {}..={} ({} .. {})",
+            w.min_txid,
+            w.max_txid,
+            format_time(w.min_time_ms),
+            format_time(w.max_time_ms)
+        );
+    }
+    if let Some(e) = &s.last_error {
+        println!("last error:          {e}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,31 @@
+//! walstream: continuous replication and point-in-time restore for SQLite.
+//!
+//! The library API is small: [`Replication`] runs capture for one database,
+//! [`restore()`] rebuilds a database at any transaction or time in the
+//! restorable window, [`verify()`] proves what a replica holds, and [`Catalog`]
+//! lists it. Replicas live in an [`ObjectStore`] opened from a [`ReplicaUrl`].
+
+pub mod capture;
+pub mod catalog;
+pub mod checksum;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod format;
+pub mod replica;
+pub mod restore;
+pub mod retention;
+pub mod status;
+pub mod store;
+pub mod verify;
+pub mod wal;
+
+pub use capture::{replicate_once, CaptureOptions, EngineStatus, Replication};
+pub use catalog::{Catalog, Window};
+pub use error::{CaptureError, RestoreError};
+pub use replica::ReplicaUrl;
+pub use restore::{
+    plan_restore, restore, IntegrityCheck, RestoreOptions, RestorePlan, RestoreReport, Target,
+};
+pub use store::{ObjectStore, PutMode};
+pub use verify::{verify, VerifyReport};

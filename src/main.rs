@@ -1,0 +1,7 @@
+//! The `walstream` command: argument parsing lives in `cli`, behaviour in the library.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

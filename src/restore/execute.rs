@@ -1,0 +1,420 @@
+//! Executing a restore plan into a temporary file beside the output.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::runtime::Handle;
+use tokio_util::io::SyncIoBridge;
+
+use super::plan::RestorePlan;
+use super::RestoreOptions;
+use crate::catalog::{check_name, ObjectInfo};
+use crate::checksum::PageHashes;
+use crate::error::RestoreError;
+use crate::format::{BodyReader, FormatError, ObjectHeader, ObjectKind};
+use crate::store::ObjectStore;
+
+/// Which check SQLite runs on the restored database before it is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IntegrityCheck {
+    None,
+    #[default]
+    Quick,
+    Full,
+}
+
+/// What a finished restore proved.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreReport {
+    pub output: PathBuf,
+    pub txid: u64,
+    pub time_ms: i64,
+    pub db_pages: u32,
+    pub page_size: u32,
+    /// Whole-database checksum of the output; equal to the recorded one when
+    /// `checksum_verified`.
+    pub checksum: u64,
+    pub checksum_verified: bool,
+    pub snapshot: String,
+    pub segments: usize,
+    /// Damaged objects the restore planned around.
+    pub skipped_damaged: Vec<String>,
+}
+
+pub(super) enum Failure {
+    /// An object failed its checks; another plan may avoid it.
+    Damaged {
+        key: String,
+        error: RestoreError,
+    },
+    Fatal(RestoreError),
+}
+
+impl From<RestoreError> for Failure {
+    fn from(e: RestoreError) -> Self {
+        Failure::Fatal(e)
+    }
+}
+
+fn damaged(key: &str, source: FormatError) -> Failure {
+    Failure::Damaged {
+        key: key.to_string(),
+        error: RestoreError::Format {
+            key: key.to_string(),
+            source,
+        },
+    }
+}
+
+/// Removes the temporary output and anything SQLite put beside it, unless
+/// the restore was published.
+struct TempOutput {
+    path: PathBuf,
+    published: bool,
+}
+
+impl Drop for TempOutput {
+    fn drop(&mut self) {
+        if !self.published {
+            for p in sidecars(&self.path, true) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+fn sidecars(path: &Path, with_main: bool) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if with_main {
+        out.push(path.to_path_buf());
+    }
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut s = path.as_os_str().to_owned();
+        s.push(suffix);
+        out.push(PathBuf::from(s));
+    }
+    out
+}
+
+pub(super) fn execute(
+    store: &Arc<dyn ObjectStore>,
+    plan: &RestorePlan,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport, Failure> {
+    let rt = Handle::current();
+    let out = &opts.output;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RestoreError::Io { path, source }
+    };
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut tmp = TempOutput {
+        path: dir.join(format!(
+            ".{name}.walstream-restore-{:016x}",
+            rand::random::<u64>()
+        )),
+        published: false,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&tmp.path)
+        .map_err(io(out))?;
+    let total = plan.total_bytes();
+    let progress = |done: u64| {
+        if let Some(p) = &opts.progress {
+            p(done, total)
+        }
+    };
+    let mut done = 0u64;
+    let (snap_header, mut pages) = write_snapshot(&rt, store, &plan.snapshot, &file, &tmp.path)?;
+    done += plan.snapshot.size;
+    progress(done);
+    let page_size = snap_header.page_size;
+    let mut last = snap_header.commits[0];
+    for seg in &plan.segments {
+        last = apply_segment(
+            &rt, store, seg, plan, &file, &tmp.path, page_size, &mut pages, last,
+        )?;
+        done += seg.size;
+        progress(done);
+    }
+    if last.txid != plan.target_txid {
+        return Err(Failure::Fatal(RestoreError::NoChain {
+            target: format!("txid {}", plan.target_txid),
+            reason: format!("the planned objects end at txid {}", last.txid),
+        }));
+    }
+    file.set_len(u64::from(last.db_pages) * u64::from(page_size))
+        .map_err(io(&tmp.path))?;
+    file.sync_all().map_err(io(&tmp.path))?;
+    drop(file);
+    let checksum = file_checksum(&tmp.path, page_size, last.db_pages).map_err(io(&tmp.path))?;
+    if let Some(expected) = last.checksum {
+        if expected != checksum {
+            return Err(Failure::Fatal(RestoreError::ChecksumMismatch {
+                txid: last.txid,
+                expected,
+                actual: checksum,
+            }));
+        }
+    }
+    integrity_check(&tmp.path, opts.integrity_check)?;
+    publish(&tmp.path, out, opts.force)?;
+    tmp.published = true;
+    Ok(RestoreReport {
+        output: out.clone(),
+        txid: last.txid,
+        time_ms: last.time_ms,
+        db_pages: last.db_pages,
+        page_size,
+        checksum,
+        checksum_verified: last.checksum.is_some(),
+        snapshot: plan.snapshot.key.clone(),
+        segments: plan.segments.len(),
+        skipped_damaged: Vec::new(),
+    })
+}
+
+/// Streams the snapshot into `file`; returns its header and the page count.
+fn write_snapshot(
+    rt: &Handle,
+    store: &Arc<dyn ObjectStore>,
+    info: &ObjectInfo,
+    file: &File,
+    path: &Path,
+) -> Result<(ObjectHeader, u32), Failure> {
+    let reader = rt
+        .block_on(store.get_reader(&info.key))
+        .map_err(|e| match e {
+            e if e.is_not_found() => Failure::Damaged {
+                key: info.key.clone(),
+                error: e.into(),
+            },
+            e => Failure::Fatal(e.into()),
+        })?;
+    let mut sync = std::io::BufReader::with_capacity(
+        1 << 20,
+        SyncIoBridge::new_with_handle(reader, rt.clone()),
+    );
+    let header = ObjectHeader::decode(&mut sync).map_err(|e| damaged(&info.key, e))?;
+    check_name(info, &header).map_err(|e| Failure::Damaged {
+        key: info.key.clone(),
+        error: RestoreError::Mismatch {
+            key: info.key.clone(),
+            reason: e.to_string(),
+        },
+    })?;
+    if header.kind != ObjectKind::Snapshot {
+        return Err(damaged(
+            &info.key,
+            FormatError::Malformed("not a snapshot".into()),
+        ));
+    }
+    let commit = header.commits[0];
+    let mut body = BodyReader::new(sync, header.clone());
+    let mut hashes = PageHashes::new(header.page_size);
+    let mut page = vec![0u8; header.page_size as usize];
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let io = |source| {
+        Failure::Fatal(RestoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    while let Some(r) = body
+        .next_page(&mut page)
+        .map_err(|e| damaged(&info.key, e))?
+    {
+        hashes.set_page(r.pgno, &page);
+        out.write_all(&page).map_err(io)?;
+    }
+    body.finish().map_err(|e| damaged(&info.key, e))?;
+    out.flush().map_err(io)?;
+    if hashes.pages() != commit.db_pages || commit.checksum != Some(hashes.checksum()) {
+        return Err(damaged(
+            &info.key,
+            FormatError::Malformed("snapshot pages do not match its recorded checksum".into()),
+        ));
+    }
+    Ok((header, commit.db_pages))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_segment(
+    rt: &Handle,
+    store: &Arc<dyn ObjectStore>,
+    info: &ObjectInfo,
+    plan: &RestorePlan,
+    file: &File,
+    path: &Path,
+    page_size: u32,
+    pages: &mut u32,
+    mut last: crate::format::CommitRecord,
+) -> Result<crate::format::CommitRecord, Failure> {
+    let bytes = rt.block_on(store.get(&info.key)).map_err(|e| match e {
+        e if e.is_not_found() => Failure::Damaged {
+            key: info.key.clone(),
+            error: e.into(),
+        },
+        e => Failure::Fatal(e.into()),
+    })?;
+    let mut cursor = &bytes[..];
+    let header = ObjectHeader::decode(&mut cursor).map_err(|e| damaged(&info.key, e))?;
+    check_name(info, &header)
+        .map_err(|e| damaged(&info.key, FormatError::Malformed(e.to_string())))?;
+    if header.page_size != page_size || header.lineage != plan.lineage {
+        return Err(damaged(
+            &info.key,
+            FormatError::Malformed("page size or lineage differs from the snapshot".into()),
+        ));
+    }
+    // Decode and check the whole segment before writing any of it.
+    let mut body = BodyReader::new(cursor, header.clone());
+    let mut page = vec![0u8; page_size as usize];
+    let mut records = Vec::new();
+    while let Some(r) = body
+        .next_page(&mut page)
+        .map_err(|e| damaged(&info.key, e))?
+    {
+        records.push((r, page.clone()));
+    }
+    body.finish().map_err(|e| damaged(&info.key, e))?;
+    let io = |source| {
+        Failure::Fatal(RestoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let mut next = 0;
+    for (i, commit) in header.commits.iter().enumerate() {
+        let start = next;
+        while next < records.len() && records[next].0.commit == i {
+            next += 1;
+        }
+        if commit.txid <= last.txid {
+            continue;
+        }
+        if commit.txid > plan.target_txid {
+            break;
+        }
+        if commit.txid != last.txid + 1 {
+            return Err(damaged(
+                &info.key,
+                FormatError::Malformed(format!("txid {} follows {}", commit.txid, last.txid)),
+            ));
+        }
+        for (r, data) in &records[start..next] {
+            file.write_all_at(data, u64::from(r.pgno - 1) * u64::from(page_size))
+                .map_err(io)?;
+        }
+        if commit.db_pages < *pages {
+            file.set_len(u64::from(commit.db_pages) * u64::from(page_size))
+                .map_err(io)?;
+        }
+        *pages = commit.db_pages;
+        last = *commit;
+    }
+    Ok(last)
+}
+
+/// Whole-database checksum of a database file of `pages` pages.
+pub(crate) fn file_checksum(path: &Path, page_size: u32, pages: u32) -> std::io::Result<u64> {
+    let mut f = std::io::BufReader::with_capacity(1 << 20, File::open(path)?);
+    f.seek(SeekFrom::Start(0))?;
+    let mut hashes = PageHashes::new(page_size);
+    let mut page = vec![0u8; page_size as usize];
+    for pgno in 1..=pages {
+        f.read_exact(&mut page)?;
+        hashes.set_page(pgno, &page);
+    }
+    Ok(hashes.checksum())
+}
+
+fn integrity_check(path: &Path, check: IntegrityCheck) -> Result<(), RestoreError> {
+    let pragma = match check {
+        IntegrityCheck::None => return Ok(()),
+        IntegrityCheck::Quick => "quick_check",
+        IntegrityCheck::Full => "integrity_check",
+    };
+    let err = |source| RestoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    // immutable=1: read the file as it is, creating no -wal or -shm beside it.
+    let uri = format!("file:{}?immutable=1", uri_escape(path));
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+    let conn = rusqlite::Connection::open_with_flags(uri, flags).map_err(err)?;
+    let mut stmt = conn.prepare(&format!("PRAGMA {pragma}")).map_err(err)?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(err)?
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    if rows != ["ok"] {
+        return Err(RestoreError::IntegrityCheck {
+            check: pragma.to_string(),
+            detail: rows.into_iter().take(10).collect::<Vec<_>>().join("; "),
+        });
+    }
+    Ok(())
+}
+
+fn uri_escape(path: &Path) -> String {
+    let mut s = String::new();
+    for b in path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'?' | b'#' | b'%' => s.push_str(&format!("%{b:02X}")),
+            _ => s.push(*b as char),
+        }
+    }
+    s
+}
+
+/// Moves the finished file into place. With `force`, the old database's
+/// -wal/-shm/-journal go first: SQLite would otherwise apply them to the
+/// restored file.
+fn publish(tmp: &Path, out: &Path, force: bool) -> Result<(), RestoreError> {
+    if force {
+        for p in sidecars(out, false) {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(RestoreError::Io { path: p, source }),
+            }
+        }
+        std::fs::rename(tmp, out).map_err(|source| RestoreError::Io {
+            path: out.to_path_buf(),
+            source,
+        })?;
+    } else {
+        // A hard link fails if the output appeared meanwhile: never overwrite.
+        std::fs::hard_link(tmp, out).map_err(|source| match source.kind() {
+            std::io::ErrorKind::AlreadyExists => RestoreError::OutputExists {
+                path: out.to_path_buf(),
+            },
+            _ => RestoreError::Io {
+                path: out.to_path_buf(),
+                source,
+            },
+        })?;
+        let _ = std::fs::remove_file(tmp);
+    }
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! Restore: plan (see [`plan`]), then execute into a temporary file that becomes
+//! the output only after its checksum and SQLite's own check pass.
+
+mod execute;
+pub mod plan;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::catalog::Catalog;
+use crate::error::RestoreError;
+use crate::store::ObjectStore;
+
+pub use execute::{IntegrityCheck, RestoreReport};
+pub use plan::{format_time, plan_txid, resolve_target, RestorePlan, Target};
+
+/// Called with (bytes of replica objects processed, total bytes planned).
+pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct RestoreOptions {
+    pub output: PathBuf,
+    pub target: Target,
+    /// Replace an existing output (and remove its stale -wal/-shm/-journal).
+    pub force: bool,
+    pub integrity_check: IntegrityCheck,
+    pub progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for RestoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreOptions")
+            .field("output", &self.output)
+            .field("target", &self.target)
+            .field("force", &self.force)
+            .field("integrity_check", &self.integrity_check)
+            .finish()
+    }
+}
+
+/// Plans a restore of `target` without writing anything.
+pub async fn plan_restore(
+    store: &Arc<dyn ObjectStore>,
+    target: Target,
+) -> Result<RestorePlan, RestoreError> {
+    let catalog = Catalog::load(store).await?;
+    if catalog.is_empty() {
+        return Err(RestoreError::EmptyReplica {
+            replica: store.describe(),
+        });
+    }
+    let txid = resolve_target(store, &catalog, target).await?;
+    plan_txid(&catalog, txid, &HashSet::new())
+}
+
+/// Restores `opts.target` into `opts.output`. If an object turns out damaged,
+/// re-plans around it; a fallback is used only when it reaches the very same
+/// txid, and the result is still proven against the recorded checksum.
+pub async fn restore(
+    store: &Arc<dyn ObjectStore>,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport, RestoreError> {
+    check_output(&opts.output, opts.force)?;
+    let catalog = Catalog::load(store).await?;
+    if catalog.is_empty() {
+        return Err(RestoreError::EmptyReplica {
+            replica: store.describe(),
+        });
+    }
+    let txid = resolve_target(store, &catalog, opts.target).await?;
+    let mut exclude = HashSet::new();
+    loop {
+        let plan = plan_txid(&catalog, txid, &exclude)?;
+        let store2 = Arc::clone(store);
+        let opts2 = opts.clone();
+        let plan2 = plan.clone();
+        let result = tokio::task::spawn_blocking(move || execute::execute(&store2, &plan2, &opts2))
+            .await
+            .map_err(|e| RestoreError::Io {
+                path: opts.output.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        match result {
+            Err(execute::Failure::Damaged { key, error }) => {
+                tracing::warn!(%key, error = %error, "damaged object; planning around it");
+                if !exclude.insert(key) {
+                    return Err(error);
+                }
+                if plan_txid(&catalog, txid, &exclude).is_err() {
+                    return Err(error);
+                }
+            }
+            Err(execute::Failure::Fatal(e)) => return Err(e),
+            Ok(mut report) => {
+                report.skipped_damaged = exclude.into_iter().collect();
+                return Ok(report);
+            }
+        }
+    }
+}
+
+fn check_output(output: &Path, force: bool) -> Result<(), RestoreError> {
+    let exists = output.symlink_metadata().is_ok();
+    if exists && !force {
+        return Err(RestoreError::OutputExists {
+            path: output.to_path_buf(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! Status of a database and its replica, whether or not `replicate` is running.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::capture::{wal_path, EngineStatus, ReplicationLock};
+use crate::catalog::{fetch_header, Catalog, Window};
+use crate::store::{ObjectStore, StoreError};
+use crate::wal::WalFile;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    pub database: String,
+    pub replica: String,
+    /// A `replicate` process holds the database's lock.
+    pub replicating: bool,
+    /// Last committed txid (shipped plus committed-but-unshipped), when known.
+    pub last_committed_txid: Option<u64>,
+    pub last_shipped_txid: u64,
+    pub pending_commits: Option<u64>,
+    pub lag_ms: Option<u64>,
+    pub wal_bytes: u64,
+    pub last_snapshot_time_ms: Option<i64>,
+    pub window: Option<WindowJson>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WindowJson {
+    pub min_txid: u64,
+    pub max_txid: u64,
+    pub min_time_ms: i64,
+    pub max_time_ms: i64,
+}
+
+impl From<Window> for WindowJson {
+    fn from(w: Window) -> Self {
+        WindowJson {
+            min_txid: w.min_txid,
+            max_txid: w.max_txid,
+            min_time_ms: w.min_time_ms,
+            max_time_ms: w.max_time_ms,
+        }
+    }
+}
+
+/// Status from the replica and the WAL; `live` is the running process's own
+/// report when one was reachable.
+pub async fn status(
+    db: &Path,
+    store: &Arc<dyn ObjectStore>,
+    live: Option<EngineStatus>,
+) -> Result<Status, StoreError> {
+    let catalog = Catalog::load(store).await?;
+    let wal_bytes = std::fs::metadata(wal_path(db)).map_or(0, |m| m.len());
+    let mut s = Status {
+        database: db.display().to_string(),
+        replica: store.describe(),
+        replicating: ReplicationLock::is_held(db),
+        last_committed_txid: None,
+        last_shipped_txid: catalog.max_txid(),
+        pending_commits: None,
+        lag_ms: None,
+        wal_bytes,
+        last_snapshot_time_ms: catalog.snapshots.last().map(|o| o.max_time_ms),
+        window: catalog.window().map(Into::into),
+        last_error: None,
+    };
+    if let Some(live) = live {
+        s.last_shipped_txid = s.last_shipped_txid.max(live.last_shipped_txid);
+        s.pending_commits = Some(live.pending_commits);
+        s.last_committed_txid = Some(s.last_shipped_txid + live.pending_commits);
+        s.lag_ms = Some(live.lag_ms);
+        s.last_error = live.last_error;
+        return Ok(s);
+    }
+    if let Some(pending) = pending_from_wal(db, store, &catalog).await {
+        s.pending_commits = Some(pending);
+        s.last_committed_txid = Some(s.last_shipped_txid + pending);
+        let age = std::fs::metadata(wal_path(db))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .map_or(0, |d| d.as_millis() as u64);
+        s.lag_ms = Some(if pending > 0 { age } else { 0 });
+    }
+    Ok(s)
+}
+
+/// Commits in the WAL after the replica's last recorded position, when the WAL
+/// is still the generation the replica last saw.
+async fn pending_from_wal(
+    db: &Path,
+    store: &Arc<dyn ObjectStore>,
+    catalog: &Catalog,
+) -> Option<u64> {
+    let newest = catalog.newest()?;
+    let header = fetch_header(store, newest).await.ok()?;
+    let p = header.wal?;
+    let wal = WalFile::open(&wal_path(db)).ok()?;
+    let h = wal.header().ok()??;
+    if h.salt1 != p.salt1 || h.salt2 != p.salt2 {
+        return None;
+    }
+    Some(wal.scan_commits(&h, p.frame, p.checksum).ok()?.len() as u64)
+}

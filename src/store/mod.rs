@@ -1,0 +1,117 @@
+//! Object stores: where replicated objects live.
+//!
+//! Every destination (a local directory now, S3-compatible buckets later) implements
+//! [`ObjectStore`]. The trait is deliberately small so that one conformance suite
+//! (`tests/store_conformance.rs`) can hold every implementation to the same contract.
+
+mod local;
+
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::AsyncRead;
+
+pub use local::LocalStore;
+
+/// How a write treats an object that already exists under the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Fail with [`StoreError::AlreadyExists`] when the key exists (write-once objects).
+    CreateOnly,
+    /// Replace whatever is there.
+    Overwrite,
+}
+
+/// One object as seen by a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Key relative to the store's root, `/`-separated.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A streaming reader over one object's bytes.
+pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {key} already exists in {store}")]
+    AlreadyExists { store: String, key: String },
+    #[error("object {key} not found in {store}")]
+    NotFound { store: String, key: String },
+    #[error("invalid object key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: &'static str },
+    #[error("{op} {key} in {store}: {source}")]
+    Io {
+        store: String,
+        op: &'static str,
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::NotFound { .. })
+    }
+}
+
+/// A flat key/value object store. Keys are `/`-separated relative paths made of
+/// `[A-Za-z0-9._-]` segments; no segment may be empty, `.` or `..`.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+    /// Human-readable location, used in messages (never contains secrets).
+    fn describe(&self) -> String;
+
+    /// Store `body` under `key`. The object becomes visible atomically and durably:
+    /// readers see either nothing or the whole body, and once this returns the body
+    /// survives a crash of this process or the machine.
+    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> Result<(), StoreError>;
+
+    /// Like `put`, with the body read from a local file (for large objects; memory
+    /// use must not grow with the file's size). The file is left in place.
+    async fn put_file(&self, key: &str, path: PathBuf, mode: PutMode) -> Result<(), StoreError>;
+
+    /// The whole object.
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
+
+    /// `len` bytes starting at `offset` (fewer when the object ends first).
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError>;
+
+    /// A streaming reader over the whole object.
+    async fn get_reader(&self, key: &str) -> Result<ObjectReader, StoreError>;
+
+    /// Every object whose key starts with `prefix`, sorted by key. A store location
+    /// that does not exist yet lists as empty.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+
+    /// Remove `key`. Removing a missing key succeeds.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// Checks a key against the rules in [`ObjectStore`].
+pub fn validate_key(key: &str) -> Result<(), StoreError> {
+    let invalid = |reason| StoreError::InvalidKey {
+        key: key.to_string(),
+        reason,
+    };
+    if key.is_empty() {
+        return Err(invalid("empty key"));
+    }
+    for part in key.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return Err(invalid("empty, '.' or '..' path segment"));
+        }
+        if !part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(invalid("only A-Z a-z 0-9 . _ - and / are allowed"));
+        }
+    }
+    Ok(())
+}
