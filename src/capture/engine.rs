@@ -399,7 +399,9 @@ impl Engine {
         }
         let src = self.src()?;
         let page_size = src.page_size()?;
-        if !src.lock_writers()? {
+        // Inside a checkpoint cycle the lock is already held; either way it is
+        // released before the snapshot is streamed.
+        if !src.is_locked() && !src.lock_writers()? {
             return Err(CaptureError::Stopped(
                 "the application held the write lock longer than the busy timeout; retrying".into(),
             ));
@@ -532,8 +534,11 @@ impl Engine {
         let put = self
             .store
             .put_file(&key, spool.path.clone(), PutMode::CreateOnly);
-        self.block_on(put)?;
-        Ok((key, hashes))
+        match self.block_on(put) {
+            // Same txid, lineage and time: this very state is already stored.
+            Ok(()) | Err(StoreError::AlreadyExists { .. }) => Ok((key, hashes)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The frames a snapshot read must still be the ones it read.
@@ -722,13 +727,20 @@ impl Engine {
         }
         let r = self.sync().and_then(|()| {
             let src = self.src()?;
+            if !src.is_locked() {
+                // sync started a new lineage, which checkpointed and re-pinned
+                // under the lock itself before releasing it.
+                return Ok(None);
+            }
             src.unpin()?;
             let r = src.checkpoint_passive();
             src.pin()?;
-            r
+            r.map(Some)
         });
         self.src()?.unlock_writers()?;
-        let (log, done) = r?;
+        let Some((log, done)) = r? else {
+            return Ok(());
+        };
         self.status.checkpoints += 1;
         let lin = self.lin()?;
         lin.reset_safe = true;

@@ -140,6 +140,10 @@ impl Source {
         }
     }
 
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+
     pub fn unlock_writers(&mut self) -> Result<(), CaptureError> {
         if self.locked {
             self.locked = false;
