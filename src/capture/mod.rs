@@ -58,6 +58,8 @@ impl Default for CaptureOptions {
     }
 }
 
+const COMMAND_QUEUE: usize = 64;
+
 pub(crate) enum Command {
     Wake,
     Snapshot(oneshot::Sender<Result<String, String>>),
@@ -68,7 +70,7 @@ pub(crate) enum Command {
 /// A running replication of one database (see [`Replication::start`]).
 #[derive(Debug)]
 pub struct Replication {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::SyncSender<Command>,
     thread: std::sync::Mutex<Option<JoinHandle<Result<(), CaptureError>>>>,
     _watcher: Option<notify::RecommendedWatcher>,
     _lock: ReplicationLock,
@@ -86,7 +88,8 @@ impl Replication {
     ) -> Result<Replication, CaptureError> {
         let db_path = absolute(db_path)?;
         let lock = ReplicationLock::acquire(&db_path)?;
-        let (tx, rx) = mpsc::channel();
+        // Bounded: file events are coalesced (a full queue already holds a wake-up).
+        let (tx, rx) = mpsc::sync_channel(COMMAND_QUEUE);
         let watcher = watch(&db_path, tx.clone());
         let poll = if watcher.is_some() {
             opts.poll_interval
@@ -125,7 +128,7 @@ impl Replication {
     /// Takes a full snapshot now; returns its key.
     pub async fn snapshot(&self) -> Result<String, CaptureError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Snapshot(tx))?;
+        self.send(Command::Snapshot(tx)).await?;
         rx.await
             .map_err(|_| CaptureError::Stopped("capture thread ended".into()))?
             .map_err(CaptureError::Stopped)
@@ -134,7 +137,7 @@ impl Replication {
     /// Positions, lag and the last error.
     pub async fn status(&self) -> Result<EngineStatus, CaptureError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Status(tx))?;
+        self.send(Command::Status(tx)).await?;
         rx.await
             .map_err(|_| CaptureError::Stopped("capture thread ended".into()))
     }
@@ -142,7 +145,7 @@ impl Replication {
     /// Ships every transaction committed so far, then stops. Later calls
     /// return at once.
     pub async fn shutdown(&self) -> Result<(), CaptureError> {
-        let _ = self.tx.send(Command::Shutdown);
+        let _ = self.send(Command::Shutdown).await;
         let thread = self.take_thread();
         tokio::task::spawn_blocking(move || join(thread))
             .await
@@ -162,9 +165,11 @@ impl Replication {
             .unwrap_or(true)
     }
 
-    fn send(&self, cmd: Command) -> Result<(), CaptureError> {
-        self.tx
-            .send(cmd)
+    async fn send(&self, cmd: Command) -> Result<(), CaptureError> {
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || tx.send(cmd))
+            .await
+            .map_err(|e| CaptureError::Stopped(e.to_string()))?
             .map_err(|_| CaptureError::Stopped("capture thread ended".into()))
     }
 
@@ -184,7 +189,7 @@ fn join(thread: Option<JoinHandle<Result<(), CaptureError>>>) -> Result<(), Capt
 
 impl Drop for Replication {
     fn drop(&mut self) {
-        let _ = self.tx.send(Command::Shutdown);
+        let _ = self.tx.try_send(Command::Shutdown);
     }
 }
 
@@ -214,7 +219,7 @@ fn absolute(path: &Path) -> Result<PathBuf, CaptureError> {
 
 /// File events on the database's directory wake the engine within milliseconds
 /// of a commit. `None` when the platform offers no watcher (polling then).
-fn watch(db_path: &Path, tx: mpsc::Sender<Command>) -> Option<notify::RecommendedWatcher> {
+fn watch(db_path: &Path, tx: mpsc::SyncSender<Command>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let dir = db_path.parent()?.to_path_buf();
     let wal = wal_path(db_path);
@@ -222,7 +227,7 @@ fn watch(db_path: &Path, tx: mpsc::Sender<Command>) -> Option<notify::Recommende
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
             if ev.paths.iter().any(|p| p == &wal || p == &db) {
-                let _ = tx.send(Command::Wake);
+                let _ = tx.try_send(Command::Wake);
             }
         }
     })
