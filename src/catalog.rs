@@ -145,6 +145,20 @@ impl Catalog {
         Ok(cat)
     }
 
+    /// A catalog of the given keys (each of size `size`), as a listing would give.
+    pub fn from_keys<S: AsRef<str>>(keys: &[S], size: u64) -> Catalog {
+        let mut cat = Catalog::default();
+        for k in keys {
+            match parse_key(k.as_ref(), size) {
+                Some(info) if info.kind == Kind::Snapshot => cat.snapshots.push(info),
+                Some(info) => cat.segments.push(info),
+                None => cat.unknown.push(k.as_ref().to_string()),
+            }
+        }
+        cat.sort();
+        cat
+    }
+
     pub fn sort(&mut self) {
         self.snapshots.sort_by_key(|o| (o.max_txid, o.key.clone()));
         self.segments
@@ -239,24 +253,17 @@ mod tests {
 
     #[test]
     fn chains_stop_at_gaps_and_lineages() {
-        let mut cat = Catalog::default();
-        let keys = [
-            snapshot_key(1, 1, 0),
-            segment_key(2, 3, 1, 1, 2),
-            segment_key(4, 4, 1, 3, 3),
-            segment_key(6, 6, 1, 5, 5),
-            snapshot_key(7, 2, 6),
-            segment_key(8, 9, 2, 7, 8),
-        ];
-        for k in keys {
-            let info = parse_key(&k, 1).unwrap();
-            if info.kind == Kind::Snapshot {
-                cat.snapshots.push(info)
-            } else {
-                cat.segments.push(info)
-            }
-        }
-        cat.sort();
+        let cat = Catalog::from_keys(
+            &[
+                snapshot_key(1, 1, 0),
+                segment_key(2, 3, 1, 1, 2),
+                segment_key(4, 4, 1, 3, 3),
+                segment_key(6, 6, 1, 5, 5),
+                snapshot_key(7, 2, 6),
+                segment_key(8, 9, 2, 7, 8),
+            ],
+            1,
+        );
         let chains = cat.chains(&HashSet::new());
         assert_eq!(chains[0].max_txid(), 9);
         assert_eq!(chains[1].max_txid(), 4);

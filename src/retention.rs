@@ -49,19 +49,10 @@ pub async fn execute(store: &Arc<dyn ObjectStore>, plan: &RetentionPlan) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{parse_key, segment_key, snapshot_key, Kind};
+    use crate::catalog::{segment_key, snapshot_key};
 
     fn catalog(keys: &[String]) -> Catalog {
-        let mut c = Catalog::default();
-        for k in keys {
-            let i = parse_key(k, 1).unwrap();
-            match i.kind {
-                Kind::Snapshot => c.snapshots.push(i),
-                Kind::Segment => c.segments.push(i),
-            }
-        }
-        c.sort();
-        c
+        Catalog::from_keys(keys, 1)
     }
 
     #[test]
