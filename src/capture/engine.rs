@@ -94,7 +94,7 @@ pub(crate) fn run(
     ready: oneshot::Sender<Result<(), CaptureError>>,
 ) -> Result<(), CaptureError> {
     let mut eng = Engine::new(db_path, store, opts, rt);
-    if let Err(e) = eng.start() {
+    if let Err(e) = eng.start_retrying() {
         let _ = ready.send(Err(e));
         return Ok(());
     }
@@ -154,7 +154,7 @@ pub(crate) fn once(
 ) -> Result<Option<String>, CaptureError> {
     let mut eng = Engine::new(db_path, store, opts, rt);
     let before = eng.status.last_snapshot_key.clone();
-    eng.start()?;
+    eng.start_retrying()?;
     eng.sync()?;
     eng.checkpoint_cycle()?;
     if force_snapshot {
@@ -256,6 +256,23 @@ impl Engine {
         Err(last.unwrap_or_else(|| CaptureError::Stopped("final sync failed".into())))
     }
 
+    /// [`Engine::start`], retried a few times when it failed for a passing
+    /// reason (the application held the write lock, or restarted the WAL while
+    /// a snapshot was read).
+    fn start_retrying(&mut self) -> Result<(), CaptureError> {
+        let mut attempt = 0u32;
+        loop {
+            match self.start() {
+                Err(CaptureError::Stopped(why)) if attempt < 5 => {
+                    tracing::info!(why, "start-up interrupted; retrying");
+                    std::thread::sleep(Duration::from_millis(50 << attempt));
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Opens the source and resumes the replica's lineage when its continuity can
     /// be proven, otherwise starts a new lineage with a snapshot.
     fn start(&mut self) -> Result<(), CaptureError> {
@@ -281,6 +298,9 @@ impl Engine {
                         txid = self.next_txid - 1, "resuming the replica's lineage");
                     self.status.lineage = Some(format!("{:016x}", lin.id));
                     self.lin = Some(lin);
+                    // Re-pin under the write lock with everything shipped, so a
+                    // later WAL restart is known to be safe (reset_safe).
+                    self.checkpoint_cycle()?;
                     return Ok(());
                 }
                 Err(reason) => reason,
@@ -294,11 +314,19 @@ impl Engine {
         let h = self
             .block_on(fetch_header(&self.store, newest))
             .map_err(|e| e.into_capture())?;
-        let (Some(p), Some(last)) = (h.wal, h.last_commit().copied()) else {
-            return Ok(Err(
-                "the newest replica object records no WAL position".into()
-            ));
+        let Some(last) = h.last_commit().copied() else {
+            return Ok(Err("the newest replica object records no commit".into()));
         };
+        // No recorded WAL position (the WAL was empty or absent then): only the
+        // database file alone can prove continuity, as after a WAL reset.
+        let p = h.wal.unwrap_or(crate::format::WalPosition {
+            salt1: 0,
+            salt2: 0,
+            checkpoint_seq: 0,
+            frame: 0,
+            checksum: (0, 0),
+        });
+        let no_position = h.wal.is_none();
         let src = self.src()?;
         let page_size = src.page_size()?;
         if page_size != h.page_size {
@@ -311,6 +339,7 @@ impl Engine {
         let wal = WalFile::open(&src.wal_path)?;
         let header = wal.header()?;
         let same_generation = match header {
+            Some(_) if no_position => false,
             Some(w) if w.salt1 == p.salt1 && w.salt2 == p.salt2 => {
                 p.frame == 0 || wal.stored_checksum(&w, p.frame - 1)? == Some(p.checksum)
             }
@@ -529,7 +558,11 @@ impl Engine {
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         file.write_all(&header.encode()).map_err(io)?;
         file.sync_all().map_err(io)?;
-        self.verify_wal_unchanged(&wal_path, pos)?;
+        // With no overlay the state came from the database file alone, which the
+        // pin keeps from being checkpointed into: a WAL restart cannot touch it.
+        if !overlay.is_empty() {
+            self.verify_wal_unchanged(&wal_path, pos)?;
+        }
         let key = snapshot_key(txid, lineage, time);
         let put = self
             .store
