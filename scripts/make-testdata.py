@@ -454,7 +454,7 @@ def main():
         wh = b.wal_now()
         c.execute("rollback")
         check(b.wal_now()[:len(wb)] == wb, "h: rollback left b's frames alone")
-        hh, hcommits, htail = parse_wal(wh)
+        _, _, htail = parse_wal(wh)
         check(htail["uncommitted_frames"] > 0, "h: spilled frames before COMMIT")
         eh = variant("h-ps1024-uncommitted", wh, eb, b,
                      "b's WAL copied while a further transaction had spilled "

@@ -56,9 +56,10 @@ impl WalHeader {
         if word(1) != FORMAT_VERSION {
             return None;
         }
+        // Unlike the database header (where 65536 is stored as 1), the WAL header
+        // holds the page size itself; SQLite's recovery accepts 512..=65536.
         let page_size = match word(2) {
-            1 => 65536,
-            n if (512..=32768).contains(&n) && n.is_power_of_two() => n,
+            n if (512..=65536).contains(&n) && n.is_power_of_two() => n,
             _ => return None,
         };
         let checksum = wal_checksum(big_endian, &buf[..24], (0, 0));

@@ -750,28 +750,28 @@ impl Engine {
         Ok(())
     }
 
-    /// With writers held off for a moment: ship the last frames, drop the pin,
-    /// checkpoint PASSIVE, pin again. Afterwards a WAL restart cannot drop
-    /// anything unshipped, and the WAL stays bounded.
+    /// Checkpoints what was shipped and keeps the WAL bounded, holding writers
+    /// off only for moments:
+    /// 1. writers held: ship the last frames, move the pin to the WAL's end;
+    /// 2. writers running: PASSIVE checkpoint up to the pin (the bulk of the
+    ///    copying and its fsyncs);
+    /// 3. writers held: ship what arrived meanwhile, drop the pin, PASSIVE
+    ///    checkpoint the rest, pin again.
+    ///
+    /// After step 3 everything in the WAL was shipped when the pin was taken, so a
+    /// later WAL restart cannot drop anything unshipped.
     fn checkpoint_cycle(&mut self) -> Result<(), CaptureError> {
-        if !self.src()?.lock_writers()? {
-            tracing::debug!("writers busy; checkpoint postponed");
+        if self.with_writers_held(|src| src.pin())?.is_none() {
             return Ok(());
         }
-        let r = self.sync().and_then(|()| {
-            let src = self.src()?;
-            if !src.is_locked() {
-                // sync started a new lineage, which checkpointed and re-pinned
-                // under the lock itself before releasing it.
-                return Ok(None);
-            }
+        self.src()?.checkpoint_behind_pin()?;
+        let done = self.with_writers_held(|src| {
             src.unpin()?;
             let r = src.checkpoint_passive();
             src.pin()?;
-            r.map(Some)
-        });
-        self.src()?.unlock_writers()?;
-        let Some((log, done)) = r? else {
+            r
+        })?;
+        let Some((log, copied)) = done else {
             return Ok(());
         };
         self.status.checkpoints += 1;
@@ -780,8 +780,31 @@ impl Engine {
         if let Pos::Known(p) = lin.pos {
             lin.checkpoint_frame = p.frame;
         }
-        tracing::debug!(log, done, "checkpoint");
+        tracing::debug!(log, copied, "checkpoint");
         Ok(())
+    }
+
+    /// Runs `f` after shipping every committed frame, with SQLite's write lock
+    /// held so none can be added. `None` when the application held the lock past
+    /// the busy timeout, or when shipping started a new lineage (which re-pinned
+    /// under the lock itself).
+    fn with_writers_held<T>(
+        &mut self,
+        f: impl FnOnce(&mut Source) -> Result<T, CaptureError>,
+    ) -> Result<Option<T>, CaptureError> {
+        if !self.src()?.lock_writers()? {
+            tracing::debug!("writers busy; checkpoint postponed");
+            return Ok(None);
+        }
+        let r = self.sync().and_then(|()| {
+            let src = self.src()?;
+            if !src.is_locked() {
+                return Ok(None);
+            }
+            f(src).map(Some)
+        });
+        self.src()?.unlock_writers()?;
+        r
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), CaptureError> {

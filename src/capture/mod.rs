@@ -226,6 +226,11 @@ fn watch(db_path: &Path, tx: mpsc::SyncSender<Command>) -> Option<notify::Recomm
     let db = db_path.to_path_buf();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
+            // notify's inotify backend also reports IN_OPEN: the engine's own
+            // open of the WAL in every sync would wake it again, forever.
+            if matches!(ev.kind, notify::EventKind::Access(_)) {
+                return;
+            }
             if ev.paths.iter().any(|p| p == &wal || p == &db) {
                 let _ = tx.try_send(Command::Wake);
             }

@@ -158,13 +158,13 @@ impl Source {
     /// what it can without waiting for anyone. Returns (WAL frames, frames
     /// checkpointed).
     pub fn checkpoint_passive(&mut self) -> Result<(i64, i64), CaptureError> {
-        let r = self
-            .pin
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-            })
-            .map_err(|e| self.sql_err(e))?;
-        Ok(r)
+        passive_checkpoint(&self.pin).map_err(|e| self.sql_err(e))
+    }
+
+    /// PASSIVE checkpoint on the lock connection (which must not hold the lock)
+    /// while the pin stays: it copies frames up to the pin and no further.
+    pub fn checkpoint_behind_pin(&mut self) -> Result<(i64, i64), CaptureError> {
+        passive_checkpoint(&self.lock).map_err(|e| self.sql_err(e))
     }
 
     /// True when the database path now names a different file than the one open.
@@ -191,6 +191,12 @@ impl Drop for Source {
         let _ = self.unlock_writers();
         let _ = self.unpin();
     }
+}
+
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    })
 }
 
 fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection, CaptureError> {
