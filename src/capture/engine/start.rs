@@ -1,0 +1,240 @@
+//! Start-up: resume the replica's lineage when its continuity can be proven,
+//! otherwise start a new one with a snapshot.
+
+use std::time::Duration;
+
+use super::*;
+
+impl Engine {
+    /// [`Engine::start`], retried a few times when it failed for a passing
+    /// reason (the application held the write lock, or restarted the WAL while
+    /// a snapshot was read).
+    pub(super) fn start_retrying(&mut self) -> Result<(), CaptureError> {
+        let mut attempt = 0u32;
+        loop {
+            match self.start() {
+                Err(CaptureError::Stopped(why)) if attempt < 5 => {
+                    tracing::info!(why, "start-up interrupted; retrying");
+                    std::thread::sleep(Duration::from_millis(50 << attempt));
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Opens the source and resumes the replica's lineage when its continuity can
+    /// be proven, otherwise starts a new lineage with a snapshot.
+    pub(super) fn start(&mut self) -> Result<(), CaptureError> {
+        self.lin = None;
+        self.src = None;
+        let mut src = Source::open(&self.db_path, self.opts.busy_timeout)?;
+        src.pin()?;
+        self.src = Some(src);
+        let catalog = self.block_on(Catalog::load(&self.store))?;
+        self.next_txid = catalog.max_txid() + 1;
+        self.status.last_shipped_txid = catalog.max_txid();
+        let last_snapshot = catalog.snapshots.last().cloned();
+        if let Some(s) = &last_snapshot {
+            self.status.last_snapshot_key = Some(s.key.clone());
+            self.status.last_snapshot_time_ms = Some(s.max_time_ms);
+        }
+        let reason = match catalog.newest() {
+            None => "the replica is empty".to_string(),
+            Some(newest) => match self.try_resume(newest)? {
+                Ok(mut lin) => {
+                    lin.last_snapshot_ms = last_snapshot.map_or(0, |s| s.max_time_ms);
+                    tracing::info!(db = %self.db_path.display(), lineage = %format!("{:016x}", lin.id),
+                        txid = self.next_txid - 1, "resuming the replica's lineage");
+                    self.status.lineage = Some(format!("{:016x}", lin.id));
+                    self.lin = Some(lin);
+                    // Re-pin under the write lock with everything shipped, so a
+                    // later WAL restart is known to be safe (reset_safe).
+                    self.checkpoint_cycle()?;
+                    return Ok(());
+                }
+                Err(reason) => reason,
+            },
+        };
+        self.new_lineage(&reason)
+    }
+
+    /// `Ok(Err(reason))` when continuity cannot be proven.
+    pub(super) fn try_resume(
+        &mut self,
+        newest: &ObjectInfo,
+    ) -> Result<Result<Lineage, String>, CaptureError> {
+        let h = self
+            .block_on(fetch_header(&self.store, newest))
+            .map_err(|e| e.into_capture())?;
+        let Some(last) = h.last_commit().copied() else {
+            return Ok(Err("the newest replica object records no commit".into()));
+        };
+        // No recorded WAL position (the WAL was empty or absent then): only the
+        // database file alone can prove continuity, as after a WAL reset.
+        let p = h.wal.unwrap_or(crate::format::WalPosition {
+            salt1: 0,
+            salt2: 0,
+            checkpoint_seq: 0,
+            frame: 0,
+            checksum: (0, 0),
+        });
+        let no_position = h.wal.is_none();
+        let src = self.src()?;
+        let page_size = src.page_size()?;
+        if page_size != h.page_size {
+            return Ok(Err(format!(
+                "page size changed from {} to {page_size}",
+                h.page_size
+            )));
+        }
+        let db_path = src.db_path.clone();
+        let wal = WalFile::open(&src.wal_path)?;
+        let header = wal.header()?;
+        let same_generation = match header {
+            Some(_) if no_position => false,
+            Some(w) if w.salt1 == p.salt1 && w.salt2 == p.salt2 => {
+                p.frame == 0 || wal.stored_checksum(&w, p.frame - 1)? == Some(p.checksum)
+            }
+            _ => false,
+        };
+        let mut lin = Lineage {
+            id: h.lineage,
+            page_size,
+            pos: Pos::Known(p),
+            reset_safe: false,
+            hashes: PageHashes::new(page_size),
+            unknown_until: None,
+            last_time_ms: last.time_ms,
+            checkpoint_frame: 0,
+            last_snapshot_ms: 0,
+        };
+        if let (true, Some(w)) = (same_generation, header) {
+            let all = wal.scan_commits(&w, 0, w.checksum)?;
+            let prefix: Vec<WalCommit> = all
+                .iter()
+                .take_while(|c| c.end_frame <= p.frame)
+                .cloned()
+                .collect();
+            let at_boundary = prefix.last().map_or(p.frame == 0, |c| {
+                c.end_frame == p.frame && c.end_checksum == p.checksum
+            });
+            if !at_boundary {
+                return Ok(Err(
+                    "the shipped WAL position is not a commit in the current WAL".into(),
+                ));
+            }
+            let hashes = StateReader::new(&db_path, &wal, header, &prefix, page_size)?
+                .scan(|_, _| Ok(()))?;
+            if Some(hashes.checksum()) == last.checksum {
+                lin.hashes = hashes;
+                return Ok(Ok(lin));
+            }
+            let end = all.last().map_or(p.frame, |c| c.end_frame);
+            if end == p.frame {
+                return Ok(Err(
+                    "the database no longer matches the last shipped state".into()
+                ));
+            }
+            // The WAL chain is intact but the database file was checkpointed past the
+            // shipped position: the state at the WAL's end is still exact.
+            lin.hashes =
+                StateReader::new(&db_path, &wal, header, &all, page_size)?.scan(|_, _| Ok(()))?;
+            lin.unknown_until = Some(end);
+            return Ok(Ok(lin));
+        }
+        // The WAL was restarted or removed while walstream was not running. That is
+        // harmless only if the database file alone still holds the shipped state.
+        let reader = StateReader::new(&db_path, &wal, None, &[], page_size)?;
+        if reader.db_pages != last.db_pages {
+            return Ok(Err(
+                "the WAL was reset while walstream was not running".into()
+            ));
+        }
+        let hashes = reader.scan(|_, _| Ok(()))?;
+        if Some(hashes.checksum()) != last.checksum {
+            return Ok(Err(
+                "the WAL was reset while walstream was not running and the database changed".into(),
+            ));
+        }
+        lin.hashes = hashes;
+        lin.pos = match header {
+            Some(w) => Pos::Known(position(&w, 0, w.checksum)),
+            None => Pos::Fresh,
+        };
+        Ok(Ok(lin))
+    }
+
+    /// Starts a new lineage: a full snapshot at the next txid.
+    pub(super) fn new_lineage(&mut self, reason: &str) -> Result<(), CaptureError> {
+        tracing::warn!(db = %self.db_path.display(), reason, "starting a new lineage with a full snapshot");
+        self.lin = None;
+        if self
+            .src
+            .as_ref()
+            .is_none_or(|s| s.replaced().unwrap_or(true))
+        {
+            self.src = None;
+            let mut src = Source::open(&self.db_path, self.opts.busy_timeout)?;
+            src.pin()?;
+            self.src = Some(src);
+        }
+        let src = self.src()?;
+        let page_size = src.page_size()?;
+        // Inside a checkpoint cycle the lock is already held; either way it is
+        // released before the snapshot is streamed.
+        if !src.is_locked() && !src.lock_writers()? {
+            return Err(CaptureError::Stopped(
+                "the application held the write lock longer than the busy timeout; retrying".into(),
+            ));
+        }
+        let locked = (|| {
+            src.unpin()?;
+            let (log, done) = src.checkpoint_passive()?;
+            src.pin()?;
+            let wal = WalFile::open(&src.wal_path)?;
+            let header = wal.header()?;
+            let commits = match header {
+                Some(h) => wal.scan_commits(&h, 0, h.checksum)?,
+                None => Vec::new(),
+            };
+            Ok::<_, CaptureError>((log >= 0 && log == done, header, commits))
+        })();
+        src.unlock_writers()?;
+        let (backfilled, header, commits) = locked?;
+        let pos = match header {
+            Some(h) => {
+                let (frame, sum) = commits
+                    .last()
+                    .map_or((0, h.checksum), |c| (c.end_frame, c.end_checksum));
+                Pos::Known(position(&h, frame, sum))
+            }
+            None => Pos::Fresh,
+        };
+        // A fully checkpointed WAL may be restarted by the next writer at any moment,
+        // but then the database file alone holds the state.
+        let overlay: &[WalCommit] = if backfilled { &[] } else { &commits };
+        let id = rand::random::<u64>();
+        let txid = self.next_txid;
+        let time = now_ms().max(self.lin.as_ref().map_or(0, |l| l.last_time_ms));
+        let (key, hashes) = self.write_snapshot(id, page_size, txid, time, pos, header, overlay)?;
+        self.next_txid = txid + 1;
+        let frame = match pos {
+            Pos::Known(p) => p.frame,
+            Pos::Fresh => 0,
+        };
+        self.lin = Some(Lineage {
+            id,
+            page_size,
+            pos,
+            reset_safe: true,
+            hashes,
+            unknown_until: None,
+            last_time_ms: time,
+            checkpoint_frame: frame,
+            last_snapshot_ms: time,
+        });
+        self.status.lineage = Some(format!("{id:016x}"));
+        self.after_snapshot(key, txid, time)
+    }
+}
