@@ -1,14 +1,22 @@
 //! Replica locations: parsing a replica URL and opening its object store.
+//!
+//! Two forms:
+//! - a local directory: `file:///abs/dir` or a bare path;
+//! - an S3-compatible bucket:
+//!   `s3://BUCKET/PREFIX?endpoint=URL&region=R&force-path-style=true` (see docs/s3.md).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::store::{LocalStore, ObjectStore};
+use crate::store::{validate_key, LocalStore, ObjectStore, S3Config, S3Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicaUrl {
     /// A local directory (`file:///abs/dir` or a bare path).
     Local(PathBuf),
+    /// A prefix in an S3-compatible bucket. The configuration holds no credentials:
+    /// they are read from the environment when the store is opened.
+    S3(S3Config),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +24,9 @@ pub enum UrlError {
     #[error("replica URL {url:?}: {reason}")]
     Invalid { url: String, reason: String },
 }
+
+/// The query parameters an `s3://` URL may carry.
+const S3_PARAMS: &str = "endpoint, region, force-path-style, checksums, max-attempts";
 
 impl ReplicaUrl {
     pub fn parse(url: &str) -> Result<ReplicaUrl, UrlError> {
@@ -36,19 +47,34 @@ impl ReplicaUrl {
                 percent_decode(rest).map_err(invalid)?,
             )));
         }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            return parse_s3(rest).map(ReplicaUrl::S3).map_err(|r| invalid(&r));
+        }
         if let Some((scheme, _)) = url.split_once("://") {
             return Err(invalid(&format!(
-                "unsupported scheme {scheme:?}: use file:///abs/dir or a directory path"
+                "unsupported scheme {scheme:?}: use file:///abs/dir, a directory path or \
+                 s3://bucket/prefix"
             )));
         }
         let path = std::path::absolute(url).map_err(|e| invalid(&e.to_string()))?;
         Ok(ReplicaUrl::Local(path))
     }
 
-    /// Opens the store. Nothing is created until the first write.
-    pub fn open(&self) -> Arc<dyn ObjectStore> {
+    /// Opens the store, failing when it cannot be used as configured (for S3: no
+    /// credentials in `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`). Nothing is
+    /// created or sent until the first operation; needs no async runtime.
+    pub fn open(&self) -> Result<Arc<dyn ObjectStore>, StoreError> {
         match self {
-            ReplicaUrl::Local(path) => Arc::new(LocalStore::new(path.clone())),
+            ReplicaUrl::Local(path) => Ok(Arc::new(LocalStore::new(path.clone()))),
+            ReplicaUrl::S3(config) => Ok(Arc::new(S3Store::new(config.clone())?)),
+        }
+    }
+
+    /// How messages name the replica (never contains secrets).
+    pub fn describe(&self) -> String {
+        match self {
+            ReplicaUrl::Local(p) => p.display().to_string(),
+            ReplicaUrl::S3(config) => config.describe(),
         }
     }
 }
@@ -57,8 +83,158 @@ impl std::fmt::Display for ReplicaUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ReplicaUrl::Local(p) => write!(f, "file://{}", p.display()),
+            ReplicaUrl::S3(c) => {
+                write!(f, "{}", c.describe())?;
+                let mut params = Vec::new();
+                if let Some(endpoint) = &c.endpoint {
+                    params.push(format!("endpoint={}", percent_encode(endpoint)));
+                }
+                params.push(format!("region={}", percent_encode(&c.region)));
+                params.push(format!("force-path-style={}", c.force_path_style));
+                if !c.checksums_when_required {
+                    params.push("checksums=when-supported".to_string());
+                }
+                if c.max_attempts != S3Config::new("", "").max_attempts {
+                    params.push(format!("max-attempts={}", c.max_attempts));
+                }
+                write!(f, "?{}", params.join("&"))
+            }
         }
     }
+}
+
+/// Parses what follows `s3://`: `BUCKET[/PREFIX][?QUERY]`.
+fn parse_s3(rest: &str) -> Result<S3Config, String> {
+    let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if location.contains('#') || query.contains('#') {
+        return Err("an s3:// URL cannot have a #fragment".into());
+    }
+    let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+    if bucket.is_empty() {
+        return Err("no bucket name: use s3://BUCKET/PREFIX".into());
+    }
+    if !bucket
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Err(format!(
+            "invalid bucket name {bucket:?}: use letters, digits, '.', '-' and '_'"
+        ));
+    }
+    let prefix = percent_decode(prefix)?;
+    let prefix = prefix.trim_matches('/');
+    if !prefix.is_empty() {
+        if let Err(StoreError::InvalidKey { reason, .. }) = validate_key(prefix) {
+            return Err(format!("invalid prefix {prefix:?}: {reason}"));
+        }
+    }
+    let mut config = S3Config::new(bucket, prefix);
+
+    let mut seen: Vec<&str> = Vec::new();
+    let mut region = None;
+    let mut path_style = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        if !S3_PARAMS.split(", ").any(|known| known == name) {
+            return Err(format!(
+                "unknown query parameter {name:?} (known: {S3_PARAMS})"
+            ));
+        }
+        if seen.contains(&name) {
+            return Err(format!("query parameter {name:?} given twice"));
+        }
+        seen.push(name);
+        let value = percent_decode(raw)?;
+        if value.is_empty() {
+            return Err(format!("query parameter {name:?} needs a value"));
+        }
+        match name {
+            "endpoint" => {
+                let value = value.trim_end_matches('/');
+                if endpoint_host(value).is_none() {
+                    return Err(format!(
+                        "endpoint {value:?} must be an http:// or https:// URL with a host, \
+                         like https://ACCOUNT.r2.cloudflarestorage.com or http://127.0.0.1:8333"
+                    ));
+                }
+                config.endpoint = Some(value.to_string());
+            }
+            "region" => region = Some(value),
+            "force-path-style" => {
+                path_style = Some(parse_bool(&value).ok_or_else(|| {
+                    format!("force-path-style must be true or false, not {value:?}")
+                })?)
+            }
+            "checksums" => {
+                config.checksums_when_required = match value.as_str() {
+                    "when-required" => true,
+                    "when-supported" => false,
+                    _ => {
+                        return Err(format!(
+                            "checksums must be when-required or when-supported, not {value:?}"
+                        ))
+                    }
+                }
+            }
+            "max-attempts" => {
+                config.max_attempts = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=100).contains(n))
+                    .ok_or_else(|| {
+                        format!("max-attempts must be a number from 1 to 100, not {value:?}")
+                    })?
+            }
+            _ => unreachable!("checked against S3_PARAMS"),
+        }
+    }
+    let is_r2 = config
+        .endpoint
+        .as_deref()
+        .and_then(endpoint_host)
+        .is_some_and(|host| {
+            let host = host.to_ascii_lowercase();
+            host == "r2.cloudflarestorage.com" || host.ends_with(".r2.cloudflarestorage.com")
+        });
+    config.region = region.unwrap_or_else(|| if is_r2 { "auto" } else { "us-east-1" }.into());
+    config.force_path_style = path_style.unwrap_or(config.endpoint.is_some());
+    Ok(config)
+}
+
+/// The host of an `http://` or `https://` URL (without port or brackets).
+fn endpoint_host(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split(['/', '?']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split_once(']')?.0
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Escapes everything but unreserved characters and `:` and `/`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn percent_decode(s: &str) -> Result<String, &'static str> {
@@ -75,7 +251,7 @@ fn percent_decode(s: &str) -> Result<String, &'static str> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| "path is not UTF-8")
+    String::from_utf8(out).map_err(|_| "not UTF-8 after %-decoding")
 }
 
 #[cfg(test)]
@@ -98,5 +274,152 @@ mod tests {
         assert!(ReplicaUrl::parse("file://relative").is_err());
         assert!(ReplicaUrl::parse("ftp://host/x").is_err());
         assert!(ReplicaUrl::parse("").is_err());
+    }
+
+    fn s3(url: &str) -> S3Config {
+        match ReplicaUrl::parse(url) {
+            Ok(ReplicaUrl::S3(config)) => config,
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+
+    fn s3_err(url: &str) -> String {
+        match ReplicaUrl::parse(url) {
+            Err(e) => e.to_string(),
+            Ok(other) => panic!("{url} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_s3_urls() {
+        // AWS: no endpoint, us-east-1, virtual-hosted style.
+        let c = s3("s3://my-bucket/backups/app1");
+        assert_eq!(c.bucket, "my-bucket");
+        assert_eq!(c.prefix, "backups/app1");
+        assert_eq!(c.endpoint, None);
+        assert_eq!(c.region, "us-east-1");
+        assert!(!c.force_path_style);
+        assert!(c.checksums_when_required);
+        assert_eq!(c.max_attempts, 5);
+        assert_eq!((c.access_key_id, c.secret_access_key), (None, None));
+
+        // Endpoint given: path style by default; encoded or not is the same.
+        let plain = s3("s3://b/p?endpoint=http://127.0.0.1:8333");
+        let encoded = s3("s3://b/p?endpoint=http%3A%2F%2F127.0.0.1%3A8333%2F");
+        assert_eq!(plain, encoded);
+        assert_eq!(plain.endpoint.as_deref(), Some("http://127.0.0.1:8333"));
+        assert!(plain.force_path_style);
+        assert_eq!(plain.region, "us-east-1");
+
+        // R2: region auto.
+        let r2 = s3("s3://b/p?endpoint=https://0123abcd.r2.cloudflarestorage.com");
+        assert_eq!(r2.region, "auto");
+        assert!(r2.force_path_style);
+        let r2 = s3("s3://b/p?endpoint=https%3A%2F%2F0123abcd.R2.cloudflarestorage.com%3A443");
+        assert_eq!(r2.region, "auto");
+        // ... but not for a look-alike host.
+        assert_eq!(
+            s3("s3://b?endpoint=https://evil-r2.cloudflarestorage.com.example").region,
+            "us-east-1"
+        );
+
+        // Everything explicit.
+        let c = s3(
+            "s3://b/a/b/c/?endpoint=https://minio.local:9000&region=eu-west-1\
+                    &force-path-style=false&checksums=when-supported&max-attempts=9",
+        );
+        assert_eq!(c.prefix, "a/b/c");
+        assert_eq!(c.region, "eu-west-1");
+        assert!(!c.force_path_style);
+        assert!(!c.checksums_when_required);
+        assert_eq!(c.max_attempts, 9);
+
+        // No prefix: the bucket's root.
+        assert_eq!(s3("s3://b").prefix, "");
+        assert_eq!(s3("s3://b/").prefix, "");
+        assert_eq!(s3("s3://b/x%2Dy").prefix, "x-y");
+        assert_eq!(s3("s3://b?region=auto").region, "auto");
+    }
+
+    #[test]
+    fn rejects_bad_s3_urls() {
+        let e = s3_err("s3://b/p?endpoint=http://h&colour=blue");
+        assert!(e.contains("unknown query parameter \"colour\""), "{e}");
+        let e = s3_err("s3://b/p?Region=x");
+        assert!(e.contains("\"Region\""), "{e}");
+        assert!(s3_err("s3://").contains("no bucket"));
+        assert!(s3_err("s3:///prefix").contains("no bucket"));
+        assert!(s3_err("s3://b%20c/p").contains("bucket name"));
+        assert!(s3_err("s3://b/a//b").contains("prefix"));
+        assert!(s3_err("s3://b/a/../b").contains("prefix"));
+        assert!(s3_err("s3://b/a b").contains("prefix"));
+        assert!(s3_err("s3://b/p?endpoint=ftp://h").contains("endpoint"));
+        assert!(s3_err("s3://b/p?endpoint=127.0.0.1:9000").contains("endpoint"));
+        assert!(s3_err("s3://b/p?endpoint=http://").contains("endpoint"));
+        assert!(s3_err("s3://b/p?endpoint=").contains("needs a value"));
+        assert!(s3_err("s3://b/p?region").contains("needs a value"));
+        assert!(s3_err("s3://b/p?region=a&region=b").contains("twice"));
+        assert!(s3_err("s3://b/p?force-path-style=yes").contains("true or false"));
+        assert!(s3_err("s3://b/p?max-attempts=0").contains("max-attempts"));
+        assert!(s3_err("s3://b/p?checksums=always").contains("checksums"));
+        assert!(s3_err("s3://b/p?endpoint=http%3").contains("%-escape"));
+        assert!(s3_err("s3://b/p#frag").contains("fragment"));
+    }
+
+    #[test]
+    fn s3_urls_round_trip_through_display() {
+        for url in [
+            "s3://b/p",
+            "s3://b",
+            "s3://b/a/b?endpoint=http://127.0.0.1:8333",
+            "s3://b/p?endpoint=https://x.r2.cloudflarestorage.com&checksums=when-supported",
+            "s3://b/p?endpoint=http://[::1]:9000&region=r&force-path-style=false&max-attempts=2",
+        ] {
+            let parsed = ReplicaUrl::parse(url).unwrap();
+            let shown = parsed.to_string();
+            assert_eq!(
+                ReplicaUrl::parse(&shown).unwrap(),
+                parsed,
+                "{url} -> {shown}"
+            );
+        }
+        assert_eq!(
+            ReplicaUrl::parse("s3://b/p?endpoint=http://h:1")
+                .unwrap()
+                .to_string(),
+            "s3://b/p?endpoint=http://h:1&region=us-east-1&force-path-style=true"
+        );
+    }
+
+    #[test]
+    fn s3_open_without_credentials_names_the_variables() {
+        let url = ReplicaUrl::parse("s3://bucket/prefix?endpoint=http://127.0.0.1:9").unwrap();
+        let mut config = match &url {
+            ReplicaUrl::S3(c) => c.clone(),
+            _ => unreachable!(),
+        };
+        // With credentials in the configuration, opening works without the environment.
+        config.access_key_id = Some("ak".into());
+        config.secret_access_key = Some("sk".into());
+        let store = ReplicaUrl::S3(config)
+            .open()
+            .expect("open with credentials");
+        assert_eq!(store.describe(), "s3://bucket/prefix");
+
+        // A store that cannot be used is refused at open, with the reason.
+        let err = ReplicaUrl::S3(S3Config::new("", "p"))
+            .open()
+            .expect_err("no bucket");
+        assert!(matches!(err, StoreError::Config { .. }), "{err:?}");
+        assert!(err.to_string().contains("no bucket name"), "{err}");
+
+        // Without credentials it depends on the environment; only check when it has none.
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            let msg = url.open().expect_err("no credentials").to_string();
+            assert!(
+                msg.contains("AWS_ACCESS_KEY_ID") && msg.contains("s3://bucket/prefix"),
+                "{msg}"
+            );
+        }
     }
 }

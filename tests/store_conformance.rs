@@ -3,15 +3,25 @@
 //! Every check is a plain async function over `&dyn ObjectStore` (or
 //! `Arc<dyn ObjectStore>` where it needs to spawn tasks) and assumes it gets a fresh,
 //! empty store. Each implementation runs the same functions from its own
-//! `#[tokio::test]`s; the local store's are at the bottom of this file. A remote
-//! store can get a fresh store per test by rooting it at a random prefix.
+//! `#[tokio::test]`s; the local store's and the S3 store's are at the bottom of this
+//! file. The S3 store gets a fresh store per test by rooting it at a random prefix.
+//!
+//! The S3 tests run against the server named by `WALSTREAM_TEST_S3_ENDPOINT` and
+//! `WALSTREAM_TEST_S3_BUCKET` with the credentials in `AWS_ACCESS_KEY_ID` and
+//! `AWS_SECRET_ACCESS_KEY`; `scripts/test.sh` starts a SeaweedFS server for them
+//! (`scripts/seaweedfs.sh`). Without `WALSTREAM_TEST_S3_ENDPOINT` they fail when
+//! `CI=true` and are skipped, with a message, otherwise.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
-use walstream::store::{LocalStore, ObjectMeta, ObjectStore, PutMode, StoreError};
+use walstream::store::{
+    LocalStore, ObjectMeta, ObjectStore, PutMode, S3Config, S3Store, StoreError,
+};
+use walstream::ReplicaUrl;
 
 const MIB: usize = 1024 * 1024;
 
@@ -735,4 +745,642 @@ async fn local_failed_puts_leave_no_temp_files() {
     );
     assert_eq!(tmp_files(dir.path()), Vec::<PathBuf>::new());
     assert_eq!(store.get("x").await.expect("get"), Bytes::from_static(b"1"));
+}
+
+// ---------------------------------------------------------------------------
+// S3Store
+// ---------------------------------------------------------------------------
+
+/// The S3 server the tests use.
+struct S3Env {
+    endpoint: String,
+    bucket: String,
+}
+
+/// The test server from the environment; `None` (skip) outside CI when there is none.
+fn s3_env() -> Option<S3Env> {
+    let endpoint = std::env::var("WALSTREAM_TEST_S3_ENDPOINT").unwrap_or_default();
+    if endpoint.is_empty() {
+        let ci = std::env::var("CI").unwrap_or_default();
+        if ci.eq_ignore_ascii_case("true") || ci == "1" {
+            panic!(
+                "CI=true but WALSTREAM_TEST_S3_ENDPOINT is not set: the S3 tests must run in CI. \
+                 Run scripts/test.sh, which starts SeaweedFS with scripts/seaweedfs.sh and \
+                 exports its settings"
+            );
+        }
+        eprintln!(
+            "SKIPPED: WALSTREAM_TEST_S3_ENDPOINT is not set, so this S3 test does not run. \
+             Run scripts/test.sh, or `scripts/seaweedfs.sh start && . .tools/seaweedfs.env` \
+             before cargo test"
+        );
+        return None;
+    }
+    let bucket = std::env::var("WALSTREAM_TEST_S3_BUCKET")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .expect("WALSTREAM_TEST_S3_ENDPOINT is set, so WALSTREAM_TEST_S3_BUCKET must be too");
+    Some(S3Env { endpoint, bucket })
+}
+
+impl S3Env {
+    /// A configuration for the test server, rooted at `prefix`, credentials from the
+    /// environment.
+    fn config(&self, prefix: &str) -> S3Config {
+        let mut config = S3Config::new(&self.bucket, prefix);
+        config.endpoint = Some(self.endpoint.clone());
+        config.force_path_style = true;
+        config
+    }
+
+    /// A fresh, empty store: a random prefix of its own in the test bucket.
+    fn fresh(&self, test: &str) -> S3Store {
+        let prefix = format!("conformance/{test}-{:016x}", rand::random::<u64>());
+        S3Store::new(self.config(&prefix)).expect("open the S3 store")
+    }
+}
+
+/// Multipart uploads under the store's prefix that were neither completed nor aborted.
+async fn open_uploads(store: &S3Store) -> Vec<String> {
+    let out = store
+        .client()
+        .list_multipart_uploads()
+        .bucket(store.bucket())
+        .prefix(store.object_name(""))
+        .send()
+        .await
+        .expect("ListMultipartUploads");
+    out.uploads()
+        .iter()
+        .map(|u| u.key().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Runs `check` on a fresh S3 store, then asserts that no multipart upload was left open.
+macro_rules! s3_test {
+    ($name:ident, $check:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let Some(env) = s3_env() else { return };
+            let s3 = env.fresh(stringify!($name));
+            $check(&s3).await;
+            assert_eq!(
+                open_uploads(&s3).await,
+                Vec::<String>::new(),
+                "open uploads"
+            );
+        }
+    };
+}
+
+s3_test!(s3_put_create_only_then_get, put_create_only_then_get);
+s3_test!(s3_second_create_only_fails, second_create_only_fails);
+s3_test!(s3_overwrite_replaces, overwrite_replaces);
+s3_test!(s3_get_missing_is_not_found, get_missing_is_not_found);
+s3_test!(s3_get_range_cases, get_range_cases);
+s3_test!(s3_get_reader_streams, get_reader_streams);
+s3_test!(s3_list_prefixes_and_sorting, list_prefixes_and_sorting);
+s3_test!(s3_list_many_keys, list_many_keys);
+s3_test!(s3_delete_semantics, delete_semantics);
+s3_test!(s3_put_file_round_trip, put_file_round_trip);
+s3_test!(s3_invalid_keys_rejected, invalid_keys_rejected);
+s3_test!(
+    s3_list_missing_location_is_empty,
+    list_missing_location_is_empty
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_concurrent_create_only_single_winner() {
+    let Some(env) = s3_env() else { return };
+    let store: Arc<dyn ObjectStore> = Arc::new(env.fresh("race"));
+    // Several rounds: a lucky interleaving must not hide a second winner.
+    concurrent_create_only_single_winner(Arc::clone(&store)).await;
+    let store: Arc<dyn ObjectStore> = Arc::new(env.fresh("race2"));
+    concurrent_create_only_single_winner(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_keys_live_under_the_prefix_only() {
+    let Some(env) = s3_env() else { return };
+    let base = format!("isolation-{:016x}", rand::random::<u64>());
+    let a = S3Store::new(env.config(&format!("{base}/app"))).expect("open");
+    // A sibling whose prefix starts with the first one's.
+    let b = S3Store::new(env.config(&format!("{base}/app2"))).expect("open");
+    a.put("x/one", Bytes::from_static(b"a"), PutMode::CreateOnly)
+        .await
+        .expect("put");
+    b.put("x/one", Bytes::from_static(b"bb"), PutMode::CreateOnly)
+        .await
+        .expect("put into the sibling");
+    assert_eq!(keys(&a.list("").await.expect("list")), ["x/one"]);
+    assert_eq!(a.get("x/one").await.expect("get"), Bytes::from_static(b"a"));
+    assert_eq!(
+        b.get("x/one").await.expect("get"),
+        Bytes::from_static(b"bb")
+    );
+    assert_eq!(a.describe(), format!("s3://{}/{base}/app", env.bucket));
+
+    // The object's name in the bucket is prefix/key.
+    let names: Vec<String> = b
+        .client()
+        .list_objects_v2()
+        .bucket(&env.bucket)
+        .prefix(format!("{base}/"))
+        .send()
+        .await
+        .expect("list bucket")
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect();
+    assert_eq!(
+        names,
+        [format!("{base}/app/x/one"), format!("{base}/app2/x/one")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_multipart_put_file() {
+    let Some(env) = s3_env() else { return };
+    let s3 = env.fresh("multipart");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("big.bin");
+    let data = pattern(20 * MIB, 20);
+    std::fs::write(&src, &data).expect("write src");
+
+    s3.put_file("snapshots/big", src.clone(), PutMode::CreateOnly)
+        .await
+        .expect("multipart put_file");
+    let got = s3.get("snapshots/big").await.expect("get");
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "multipart body differs");
+    // It really was a multipart upload: 8 + 8 + 4 MiB.
+    let head = s3
+        .client()
+        .head_object()
+        .bucket(s3.bucket())
+        .key(s3.object_name("snapshots/big"))
+        .send()
+        .await
+        .expect("head");
+    let etag = head
+        .e_tag()
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string();
+    assert!(
+        etag.ends_with("-3"),
+        "multipart ETag with 3 parts, got {etag:?}"
+    );
+    // Ranges across part boundaries.
+    let boundary = 8 * MIB as u64;
+    assert_eq!(
+        s3.get_range("snapshots/big", boundary - 10, 20)
+            .await
+            .expect("range"),
+        &data[8 * MIB - 10..8 * MIB + 10]
+    );
+    assert_eq!(
+        s3.list("snapshots/").await.expect("list"),
+        vec![ObjectMeta {
+            key: "snapshots/big".into(),
+            size: data.len() as u64
+        }]
+    );
+
+    // A second create-only multipart upload fails on CompleteMultipartUpload's
+    // If-None-Match, keeps the first body, and leaves no upload open.
+    let other = pattern(20 * MIB, 21);
+    std::fs::write(&src, &other).expect("rewrite src");
+    let err = s3
+        .put_file("snapshots/big", src.clone(), PutMode::CreateOnly)
+        .await
+        .expect_err("create-only multipart over an existing key");
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err:?}");
+    assert!(
+        s3.get("snapshots/big").await.expect("get") == data,
+        "first body must survive"
+    );
+    assert_eq!(open_uploads(&s3).await, Vec::<String>::new(), "aborted");
+
+    // Overwrite replaces it (with a size that is not a multiple of the part size).
+    let third = pattern(17 * MIB + 5, 22);
+    std::fs::write(&src, &third).expect("rewrite src");
+    s3.put_file("snapshots/big", src.clone(), PutMode::Overwrite)
+        .await
+        .expect("multipart overwrite");
+    assert!(s3.get("snapshots/big").await.expect("get") == third);
+
+    // Two create-only multipart uploads racing for one key. On AWS S3 and R2 exactly
+    // one wins. SeaweedFS 4.48 checks CompleteMultipartUpload's If-None-Match before
+    // it completes, not atomically with it: now and then both racers succeed (seen in
+    // about 1 of 10 races; its PutObject is atomic). So exactly one winner is required
+    // only with WALSTREAM_TEST_S3_ATOMIC_MULTIPART=1 (set it against AWS or R2).
+    let strict = std::env::var("WALSTREAM_TEST_S3_ATOMIC_MULTIPART").is_ok_and(|v| v == "1");
+    let srcs: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let path = dir.path().join(format!("race{i}"));
+            std::fs::write(&path, pattern(9 * MIB, 30 + i as u64)).expect("write");
+            path
+        })
+        .collect();
+    let (r0, r1) = tokio::join!(
+        s3.put_file("race", srcs[0].clone(), PutMode::CreateOnly),
+        s3.put_file("race", srcs[1].clone(), PutMode::CreateOnly),
+    );
+    let winners: Vec<usize> = [&r0, &r1]
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(i, _)| i)
+        .collect();
+    for r in [&r0, &r1] {
+        if let Err(e) = r {
+            assert!(matches!(e, StoreError::AlreadyExists { .. }), "{e:?}");
+        }
+    }
+    if strict {
+        assert_eq!(winners.len(), 1, "{r0:?} {r1:?}");
+    } else {
+        assert!(!winners.is_empty(), "somebody must win: {r0:?} {r1:?}");
+        if winners.len() > 1 {
+            eprintln!(
+                "note: both racing create-only multipart uploads succeeded (this server's \
+                 conditional CompleteMultipartUpload is not atomic)"
+            );
+        }
+    }
+    let stored = s3.get("race").await.expect("get");
+    assert!(
+        winners
+            .iter()
+            .any(|&w| stored == std::fs::read(&srcs[w]).expect("read")),
+        "the stored object is a winner's"
+    );
+    assert_eq!(open_uploads(&s3).await, Vec::<String>::new());
+}
+
+/// Every operation's error, for the failure tests.
+async fn every_op_error(store: &dyn ObjectStore) -> Vec<StoreError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    std::fs::write(&src, b"x").expect("write src");
+    vec![
+        store
+            .put("k", Bytes::from_static(b"x"), PutMode::CreateOnly)
+            .await
+            .expect_err("put"),
+        store
+            .put("k", Bytes::from_static(b"x"), PutMode::Overwrite)
+            .await
+            .expect_err("put overwrite"),
+        store
+            .put_file("k", src, PutMode::CreateOnly)
+            .await
+            .expect_err("put_file"),
+        store.get("k").await.expect_err("get"),
+        store.get_range("k", 0, 10).await.expect_err("get_range"),
+        store.get_reader("k").await.err().expect("get_reader"),
+        store.list("").await.expect_err("list"),
+        store.delete("k").await.expect_err("delete"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_wrong_credentials_are_named_and_secret_stays_hidden() {
+    let Some(env) = s3_env() else { return };
+    const MARKER: &str = "walstream-WRONG-secret-marker-5f2c9e";
+    let mut config = env.config("wrong-secret");
+    config.access_key_id = std::env::var("AWS_ACCESS_KEY_ID").ok();
+    config.secret_access_key = Some(MARKER.to_string());
+    assert!(!format!("{config:?}").contains(MARKER));
+    let store = S3Store::new(config.clone()).expect("open");
+    assert!(!format!("{store:?}").contains(MARKER));
+    for err in every_op_error(&store).await {
+        let msg = err.to_string();
+        assert!(
+            !msg.contains(MARKER) && !format!("{err:?}").contains(MARKER),
+            "secret leaked: {msg}"
+        );
+        assert!(!err.is_not_found(), "{msg}");
+        assert!(msg.contains("credentials are wrong"), "{msg}");
+        assert!(msg.contains("AWS_SECRET_ACCESS_KEY"), "{msg}");
+        assert!(
+            matches!(&err, StoreError::Remote(r) if r.code == "SignatureDoesNotMatch"),
+            "{err:?}"
+        );
+    }
+
+    // An unknown access key ID is reported the same way.
+    config.access_key_id = Some("WALSTREAMNOSUCHKEY".into());
+    let store = S3Store::new(config).expect("open");
+    let err = store.list("").await.expect_err("list");
+    let msg = err.to_string();
+    assert!(msg.contains("credentials are wrong"), "{msg}");
+    assert!(!msg.contains(MARKER), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_missing_bucket_is_named() {
+    let Some(env) = s3_env() else { return };
+    let bucket = format!("walstream-missing-{:08x}", rand::random::<u32>());
+    let mut config = env.config("p");
+    config.bucket = bucket.clone();
+    let store = S3Store::new(config).expect("open");
+    for err in every_op_error(&store).await {
+        let msg = err.to_string();
+        assert!(
+            !err.is_not_found(),
+            "a missing bucket is not a missing key: {msg}"
+        );
+        assert!(msg.contains(&bucket), "{msg}");
+        assert!(
+            matches!(&err, StoreError::Remote(r) if r.code == "NoSuchBucket"),
+            "{err:?}"
+        );
+        assert!(msg.contains("does not exist"), "{msg}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_unreachable_endpoint_fails_fast_and_clearly() {
+    let Some(env) = s3_env() else { return };
+    // A port nothing listens on.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut config = env.config("p");
+    config.endpoint = Some(endpoint.clone());
+    let store = S3Store::new(config).expect("open");
+    let started = std::time::Instant::now();
+    let err = store
+        .put("k", Bytes::from_static(b"x"), PutMode::CreateOnly)
+        .await
+        .expect_err("closed port");
+    let elapsed = started.elapsed();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, StoreError::Remote(r) if r.code == "ConnectFailed"),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains("could not connect") && msg.contains(&endpoint),
+        "{msg}"
+    );
+    assert!(msg.contains("5 attempts"), "{msg}");
+    assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}");
+    let err = store.list("").await.expect_err("closed port");
+    assert!(err.to_string().contains("could not connect"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_silent_endpoint_times_out() {
+    let Some(env) = s3_env() else { return };
+    // Accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let mut config = env.config("p");
+    config.endpoint = Some(endpoint.clone());
+    config.read_timeout = Duration::from_secs(1);
+    config.max_attempts = 2;
+    let store = S3Store::new(config).expect("open");
+    let started = std::time::Instant::now();
+    let err = store.get("k").await.expect_err("no answer");
+    let elapsed = started.elapsed();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, StoreError::Remote(r) if r.code == "Timeout"),
+        "{err:?}"
+    );
+    assert!(msg.contains(&endpoint), "{msg}");
+    assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_replica_url_opens_the_store() {
+    let Some(env) = s3_env() else { return };
+    let prefix = format!("url-{:016x}", rand::random::<u64>());
+    // The endpoint percent-encoded, as a shell user might write it.
+    let encoded: String = env
+        .endpoint
+        .bytes()
+        .map(|b| match b {
+            b':' => "%3A".to_string(),
+            b'/' => "%2F".to_string(),
+            b => (b as char).to_string(),
+        })
+        .collect();
+    let url = ReplicaUrl::parse(&format!(
+        "s3://{}/{prefix}/db?endpoint={encoded}",
+        env.bucket
+    ))
+    .expect("parse");
+    let store = url.open().expect("open");
+    assert_eq!(store.describe(), format!("s3://{}/{prefix}/db", env.bucket));
+    store
+        .put("a/b", Bytes::from_static(b"via url"), PutMode::CreateOnly)
+        .await
+        .expect("put");
+    // The same location through a second URL form (unencoded endpoint).
+    let again = ReplicaUrl::parse(&format!(
+        "s3://{}/{prefix}/db/?endpoint={}&force-path-style=true",
+        env.bucket, env.endpoint
+    ))
+    .expect("parse")
+    .open()
+    .expect("open");
+    assert_eq!(
+        again.get("a/b").await.expect("get"),
+        Bytes::from_static(b"via url")
+    );
+    assert_eq!(keys(&again.list("").await.expect("list")), ["a/b"]);
+}
+
+/// A TCP proxy in front of the test server (requests pass unchanged, so signatures stay
+/// valid). It keeps a copy of everything clients send, and answers the first
+/// `fail_first` connections with `503 SlowDown` itself.
+struct TapProxy {
+    endpoint: String,
+    sent: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl TapProxy {
+    async fn start(upstream: &str, fail_first: usize) -> TapProxy {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::AsyncWriteExt;
+
+        let upstream = upstream
+            .strip_prefix("http://")
+            .expect("an http:// test endpoint")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let to_fail = Arc::new(AtomicUsize::new(fail_first));
+        let log = Arc::clone(&sent);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let fail = to_fail
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if fail {
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        let _ = client.read(&mut buf).await;
+                        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+                            <Error><Code>SlowDown</Code><Message>Please reduce your request \
+                            rate.</Message></Error>";
+                        let response = format!(
+                            "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n\
+                             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = client.write_all(response.as_bytes()).await;
+                        let _ = client.shutdown().await;
+                    });
+                    continue;
+                }
+                let log = Arc::clone(&log);
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (mut client_rx, mut client_tx) = client.into_split();
+                    let (mut server_rx, mut server_tx) = server.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n) = client_rx.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            log.lock().expect("log").extend_from_slice(&buf[..n]);
+                            if server_tx.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = server_tx.shutdown().await;
+                    };
+                    let down = async {
+                        let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+                        let _ = client_tx.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        TapProxy { endpoint, sent }
+    }
+
+    /// What clients sent so far, lower-cased where it is ASCII.
+    fn sent(&self) -> String {
+        String::from_utf8_lossy(&self.sent.lock().expect("log")).to_ascii_lowercase()
+    }
+}
+
+/// Puts, a multipart put_file, a get and a list through `store`.
+async fn some_traffic(store: &dyn ObjectStore, dir: &Path) {
+    store
+        .put(
+            "t/small",
+            Bytes::from(vec![b'z'; 1000]),
+            PutMode::CreateOnly,
+        )
+        .await
+        .expect("put");
+    store
+        .put("t/small", Bytes::from(vec![b'y'; 10]), PutMode::Overwrite)
+        .await
+        .expect("overwrite");
+    let src = dir.join("big");
+    std::fs::write(&src, vec![b'z'; 9 * MIB]).expect("write");
+    store
+        .put_file("t/big", src, PutMode::CreateOnly)
+        .await
+        .expect("multipart put_file");
+    assert_eq!(store.get("t/big").await.expect("get").len(), 9 * MIB);
+    assert_eq!(
+        store.get_range("t/small", 2, 3).await.expect("range"),
+        Bytes::from_static(b"yyy")
+    );
+    assert_eq!(store.list("t/").await.expect("list").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_checksum_headers_only_when_asked_for() {
+    let Some(env) = s3_env() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // The default (what Cloudflare R2 needs): no checksum headers, no Content-MD5.
+    let proxy = TapProxy::start(&env.endpoint, 0).await;
+    let mut config = env.config(&format!("checksums-{:016x}", rand::random::<u64>()));
+    config.endpoint = Some(proxy.endpoint.clone());
+    let store = S3Store::new(config.clone()).expect("open");
+    some_traffic(&store, dir.path()).await;
+    let sent = proxy.sent();
+    assert!(sent.contains("put /"), "the proxy saw the requests");
+    for header in [
+        "x-amz-checksum",
+        "x-amz-sdk-checksum",
+        "x-amz-trailer",
+        "content-md5",
+    ] {
+        assert!(!sent.contains(header), "{header} was sent");
+    }
+
+    // checksums_when_required = false: the SDK's default CRC32 headers (and still never
+    // Content-MD5 with them).
+    let proxy = TapProxy::start(&env.endpoint, 0).await;
+    config.prefix = format!("checksums-{:016x}", rand::random::<u64>());
+    config.endpoint = Some(proxy.endpoint.clone());
+    config.checksums_when_required = false;
+    let store = S3Store::new(config).expect("open");
+    some_traffic(&store, dir.path()).await;
+    let sent = proxy.sent();
+    assert!(
+        sent.contains("x-amz-checksum-crc32"),
+        "CRC32 headers expected"
+    );
+    assert!(!sent.contains("content-md5"), "Content-MD5 was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_retries_slow_down() {
+    let Some(env) = s3_env() else { return };
+    // Two 503 SlowDown answers, then the real server: the SDK's retries get through.
+    let proxy = TapProxy::start(&env.endpoint, 2).await;
+    let mut config = env.config(&format!("retry-{:016x}", rand::random::<u64>()));
+    config.endpoint = Some(proxy.endpoint.clone());
+    let store = S3Store::new(config.clone()).expect("open");
+    store
+        .put("k", Bytes::from_static(b"v"), PutMode::CreateOnly)
+        .await
+        .expect("put after two 503s");
+    assert_eq!(store.get("k").await.expect("get"), Bytes::from_static(b"v"));
+
+    // Nothing but 503s: the error names the code and the attempts, in bounded time.
+    let proxy = TapProxy::start(&env.endpoint, usize::MAX).await;
+    config.endpoint = Some(proxy.endpoint.clone());
+    config.max_attempts = 3;
+    let store = S3Store::new(config).expect("open");
+    let started = std::time::Instant::now();
+    let err = store.list("").await.expect_err("always 503");
+    assert!(
+        matches!(&err, StoreError::Remote(r) if r.code == "SlowDown"),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("after 3 attempts"), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(30));
 }

@@ -158,7 +158,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             let (dbs, opts) = targets(db, replica, config, !no_expand_env)?;
             if once {
                 for (db, url) in dbs {
-                    walstream::replicate_once(&db, url.open(), opts.clone(), false)
+                    walstream::replicate_once(&db, url.open()?, opts.clone(), false)
                         .await
                         .with_context(|| format!("replicating {}", db.display()))?;
                 }
@@ -202,7 +202,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 integrity_check: check,
                 progress: None,
             };
-            output::restore(&url.open(), opts, flags).await
+            output::restore(&url.open()?, opts, flags).await
         }
         Command::Snapshot { db, replica } => {
             let url = ReplicaUrl::parse(&replica)?;
@@ -214,7 +214,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                     .snapshot
                     .ok_or_else(|| anyhow!(reply.error.unwrap_or_default()))?
             } else {
-                walstream::replicate_once(&db, url.open(), CaptureOptions::default(), true)
+                walstream::replicate_once(&db, url.open()?, CaptureOptions::default(), true)
                     .await?
                     .ok_or_else(|| anyhow!("no snapshot was taken"))?
             };
@@ -222,14 +222,14 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::List { replica, json } => {
-            output::list(&ReplicaUrl::parse(&replica)?.open(), json).await
+            output::list(&ReplicaUrl::parse(&replica)?.open()?, json).await
         }
         Command::Verify { replica, json } => {
-            output::verify(&ReplicaUrl::parse(&replica)?.open(), json).await
+            output::verify(&ReplicaUrl::parse(&replica)?.open()?, json).await
         }
         Command::Status { db, replica, json } => {
             let db = std::path::absolute(&db)?;
-            output::status(&db, &ReplicaUrl::parse(&replica)?.open(), json).await
+            output::status(&db, &ReplicaUrl::parse(&replica)?.open()?, json).await
         }
     }
 }
@@ -297,7 +297,7 @@ async fn replicate(dbs: Vec<(PathBuf, ReplicaUrl)>, opts: CaptureOptions) -> Res
     let mut int = signal(SignalKind::interrupt())?;
     let mut running = Vec::new();
     for (db, url) in dbs {
-        let rep = Replication::start(&db, url.open(), opts.clone())
+        let rep = Replication::start(&db, url.open()?, opts.clone())
             .await
             .with_context(|| format!("starting replication of {} to {url}", db.display()))?;
         let rep = Arc::new(rep);

@@ -1,10 +1,11 @@
 //! Object stores: where replicated objects live.
 //!
-//! Every destination (a local directory now, S3-compatible buckets later) implements
+//! Every destination (a local directory, an S3-compatible bucket) implements
 //! [`ObjectStore`]. The trait is deliberately small so that one conformance suite
 //! (`tests/store_conformance.rs`) can hold every implementation to the same contract.
 
 mod local;
+mod s3;
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use tokio::io::AsyncRead;
 
 pub use local::LocalStore;
+pub use s3::{S3Config, S3Store};
 
 /// How a write treats an object that already exists under the same key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,31 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A remote store answered with an error, or could not be reached (boxed to keep
+    /// `StoreError` small).
+    #[error("{0}")]
+    Remote(Box<RemoteError>),
+    /// The store cannot be used as configured (for example, credentials are missing).
+    #[error("{store}: {reason}")]
+    Config { store: String, reason: String },
+}
+
+/// What a remote store (S3) answered, or why it could not be reached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{op} {key} in {store}: {code}: {message}")]
+pub struct RemoteError {
+    /// The store, as [`ObjectStore::describe`] names it.
+    pub store: String,
+    /// The operation (`put`, `get`, `list`, ...).
+    pub op: &'static str,
+    /// The key (for `list`, the prefix).
+    pub key: String,
+    /// The service's error code (`AccessDenied`, `NoSuchBucket`,
+    /// `SignatureDoesNotMatch`, ...) or, when no answer came back, what went wrong
+    /// (`ConnectFailed`, `Timeout`, ...).
+    pub code: String,
+    /// What it means and what to check. Never contains secrets.
+    pub message: String,
 }
 
 impl StoreError {
