@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use super::source::Source;
 use super::state::StateReader;
 use super::{state_dir, CaptureOptions, Command};
-use crate::catalog::{fetch_header, segment_key, snapshot_key, Catalog, ObjectInfo};
+use crate::catalog::{fetch_header, segment_key, snapshot_key, Catalog};
 use crate::checksum::PageHashes;
 use crate::error::CaptureError;
 use crate::format::{BodyWriter, CommitRecord, ObjectHeader, ObjectKind, WalPosition};
@@ -343,7 +343,20 @@ impl Engine {
         let lin = self.lin()?;
         let time = now_ms().max(lin.last_time_ms);
         lin.hashes.begin();
-        let built = build_segment(lin, wal, h, batch, next_txid, time);
+        let last = &batch[batch.len() - 1];
+        // The frames must still be the ones validated when read: a second guard
+        // behind the pin against shipping pages of a restarted WAL.
+        let built = build_segment(lin, wal, h, batch, next_txid, time).and_then(|b| {
+            if wal.header()? == Some(*h)
+                && wal.stored_checksum(h, last.end_frame - 1)? == Some(last.end_checksum)
+            {
+                Ok(b)
+            } else {
+                Err(CaptureError::Stopped(
+                    "the WAL changed while frames were read; reading again".into(),
+                ))
+            }
+        });
         let (header, bytes) = match built {
             Ok(b) => b,
             Err(e) => {
@@ -425,6 +438,9 @@ impl Engine {
         if self.with_writers_held(|src| src.pin())?.is_none() {
             return Ok(());
         }
+        // Everything was shipped and the pin taken again with writers held: a
+        // WAL restart from here on cannot drop anything unshipped.
+        self.lin()?.reset_safe = true;
         self.src()?.checkpoint_behind_pin()?;
         let done = self.with_writers_held(|src| {
             src.unpin()?;

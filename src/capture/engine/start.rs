@@ -25,12 +25,16 @@ impl Engine {
 
     /// Opens the source and resumes the replica's lineage when its continuity can
     /// be proven, otherwise starts a new lineage with a snapshot.
+    ///
+    /// Writers are held off from the moment the pin is taken until the
+    /// transactions committed while walstream was down are shipped: on a WAL the
+    /// application checkpointed completely meanwhile, the pin sits on read lock 0,
+    /// which does not stop the next writer from restarting the WAL over them.
     pub(super) fn start(&mut self) -> Result<(), CaptureError> {
         self.lin = None;
         self.src = None;
-        let mut src = Source::open(&self.db_path, self.opts.busy_timeout)?;
-        src.pin()?;
-        self.src = Some(src);
+        self.src = Some(Source::open(&self.db_path, self.opts.busy_timeout)?);
+        // The replica first: listing and reading a header may take a while.
         let catalog = self.block_on(Catalog::load(&self.store))?;
         self.next_txid = catalog.max_txid() + 1;
         self.status.last_shipped_txid = catalog.max_txid();
@@ -39,34 +43,66 @@ impl Engine {
             self.status.last_snapshot_key = Some(s.key.clone());
             self.status.last_snapshot_time_ms = Some(s.max_time_ms);
         }
-        let reason = match catalog.newest() {
-            None => "the replica is empty".to_string(),
-            Some(newest) => match self.try_resume(newest)? {
-                Ok(mut lin) => {
-                    lin.last_snapshot_ms = last_snapshot.map_or(0, |s| s.max_time_ms);
-                    tracing::info!(db = %self.db_path.display(), lineage = %format!("{:016x}", lin.id),
-                        txid = self.next_txid - 1, "resuming the replica's lineage");
-                    self.status.lineage = Some(format!("{:016x}", lin.id));
-                    self.lin = Some(lin);
-                    // Re-pin under the write lock with everything shipped, so a
-                    // later WAL restart is known to be safe (reset_safe).
-                    self.checkpoint_cycle()?;
-                    return Ok(());
-                }
-                Err(reason) => reason,
-            },
+        let newest = match catalog.newest() {
+            Some(o) => Some(
+                self.block_on(fetch_header(&self.store, o))
+                    .map_err(|e| e.into_capture())?,
+            ),
+            None => None,
+        };
+        let src = self.src()?;
+        if !src.lock_writers()? {
+            return Err(CaptureError::Stopped(
+                "the application held the write lock longer than the busy timeout".into(),
+            ));
+        }
+        let snapshot_ms = last_snapshot.map_or(0, |s| s.max_time_ms);
+        let r = src
+            .pin()
+            .and_then(|()| self.resume_locked(newest.as_ref(), snapshot_ms));
+        self.src()?.unlock_writers()?;
+        let reason = match r? {
+            Ok(()) => return Ok(()),
+            Err(reason) => reason,
         };
         self.new_lineage(&reason)
+    }
+
+    /// With writers held: resume from `newest` and ship what is pending, then
+    /// pin again. `Ok(Err(reason))` when continuity cannot be proven.
+    fn resume_locked(
+        &mut self,
+        newest: Option<&ObjectHeader>,
+        last_snapshot_ms: i64,
+    ) -> Result<Result<(), String>, CaptureError> {
+        let Some(h) = newest else {
+            return Ok(Err("the replica is empty".into()));
+        };
+        let mut lin = match self.try_resume(h)? {
+            Ok(lin) => lin,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        tracing::info!(db = %self.db_path.display(), lineage = %format!("{:016x}", lin.id),
+            txid = self.next_txid - 1, "resuming the replica's lineage");
+        self.status.lineage = Some(format!("{:016x}", lin.id));
+        lin.last_snapshot_ms = last_snapshot_ms;
+        self.lin = Some(lin);
+        self.sync()?;
+        let src = self.src()?;
+        if src.is_locked() {
+            // Everything in the WAL is shipped and no writer can add to it: a
+            // restart from here on cannot drop anything unshipped.
+            src.pin()?;
+            self.lin()?.reset_safe = true;
+        }
+        Ok(Ok(()))
     }
 
     /// `Ok(Err(reason))` when continuity cannot be proven.
     pub(super) fn try_resume(
         &mut self,
-        newest: &ObjectInfo,
+        h: &ObjectHeader,
     ) -> Result<Result<Lineage, String>, CaptureError> {
-        let h = self
-            .block_on(fetch_header(&self.store, newest))
-            .map_err(|e| e.into_capture())?;
         let Some(last) = h.last_commit().copied() else {
             return Ok(Err("the newest replica object records no commit".into()));
         };
