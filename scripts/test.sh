@@ -17,4 +17,12 @@ scripts/seaweedfs.sh start
 # shellcheck disable=SC1090
 source "$SEAWEEDFS_ENV_FILE"
 
-cargo test --locked --all-targets -- --test-threads=2
+# Library unit tests and every integration test (examples and the binary have
+# none of their own), then one summary line over all test binaries.
+log="$(mktemp)"
+status=0
+cargo test --locked --lib --tests -- --test-threads=2 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "walstream: %d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
+exit "$status"
