@@ -12,6 +12,10 @@
 //! (`scripts/seaweedfs.sh`). Without `WALSTREAM_TEST_S3_ENDPOINT` they fail when
 //! `CI=true` and are skipped, with a message, otherwise.
 
+mod common;
+
+use common::{s3_env, S3Env};
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -750,38 +754,6 @@ async fn local_failed_puts_leave_no_temp_files() {
 // ---------------------------------------------------------------------------
 // S3Store
 // ---------------------------------------------------------------------------
-
-/// The S3 server the tests use.
-struct S3Env {
-    endpoint: String,
-    bucket: String,
-}
-
-/// The test server from the environment; `None` (skip) outside CI when there is none.
-fn s3_env() -> Option<S3Env> {
-    let endpoint = std::env::var("WALSTREAM_TEST_S3_ENDPOINT").unwrap_or_default();
-    if endpoint.is_empty() {
-        let ci = std::env::var("CI").unwrap_or_default();
-        if ci.eq_ignore_ascii_case("true") || ci == "1" {
-            panic!(
-                "CI=true but WALSTREAM_TEST_S3_ENDPOINT is not set: the S3 tests must run in CI. \
-                 Run scripts/test.sh, which starts SeaweedFS with scripts/seaweedfs.sh and \
-                 exports its settings"
-            );
-        }
-        eprintln!(
-            "SKIPPED: WALSTREAM_TEST_S3_ENDPOINT is not set, so this S3 test does not run. \
-             Run scripts/test.sh, or `scripts/seaweedfs.sh start && . .tools/seaweedfs.env` \
-             before cargo test"
-        );
-        return None;
-    }
-    let bucket = std::env::var("WALSTREAM_TEST_S3_BUCKET")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .expect("WALSTREAM_TEST_S3_ENDPOINT is set, so WALSTREAM_TEST_S3_BUCKET must be too");
-    Some(S3Env { endpoint, bucket })
-}
 
 impl S3Env {
     /// A configuration for the test server, rooted at `prefix`, credentials from the

@@ -1351,3 +1351,35 @@ impl Drop for AppWriter {
         }
     }
 }
+
+/// The S3 server the tests use.
+pub struct S3Env {
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+/// The test server from the environment; `None` (skip) outside CI when there is none.
+pub fn s3_env() -> Option<S3Env> {
+    let endpoint = std::env::var("WALSTREAM_TEST_S3_ENDPOINT").unwrap_or_default();
+    if endpoint.is_empty() {
+        let ci = std::env::var("CI").unwrap_or_default();
+        if ci.eq_ignore_ascii_case("true") || ci == "1" {
+            panic!(
+                "CI=true but WALSTREAM_TEST_S3_ENDPOINT is not set: the S3 tests must run in CI. \
+                 Run scripts/test.sh, which starts SeaweedFS with scripts/seaweedfs.sh and \
+                 exports its settings"
+            );
+        }
+        eprintln!(
+            "SKIPPED: WALSTREAM_TEST_S3_ENDPOINT is not set, so this S3 test does not run. \
+             Run scripts/test.sh, or `scripts/seaweedfs.sh start && . .tools/seaweedfs.env` \
+             before cargo test"
+        );
+        return None;
+    }
+    let bucket = std::env::var("WALSTREAM_TEST_S3_BUCKET")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .expect("WALSTREAM_TEST_S3_ENDPOINT is set, so WALSTREAM_TEST_S3_BUCKET must be too");
+    Some(S3Env { endpoint, bucket })
+}
