@@ -26,6 +26,7 @@ struct RawConfig {
     snapshot_interval: Option<String>,
     retain_snapshots: Option<usize>,
     checkpoint_pages: Option<u32>,
+    upload_interval: Option<String>,
     #[serde(default)]
     db: Vec<RawDb>,
 }
@@ -84,6 +85,13 @@ impl Config {
                     "snapshot_interval = {s:?}: use a number with s, m, h or d, like \"24h\""
                 ))
             })?;
+        }
+        if let Some(s) = &raw.upload_interval {
+            capture.upload_interval = Some(parse_duration(s).ok_or_else(|| {
+                invalid(format!(
+                    "upload_interval = {s:?}: use a duration like \"1s\" or \"500ms\""
+                ))
+            })?);
         }
         if let Some(n) = raw.retain_snapshots {
             capture.retain_snapshots = n.max(1);
@@ -160,12 +168,13 @@ mod tests {
     fn parses_a_database_with_one_replica() {
         let c = Config::parse(
             Path::new("t.toml"),
-            "snapshot_interval = \"12h\"\nretain_snapshots = 3\n[[db]]\npath = \"/d/app.db\"\n[[db.replica]]\nurl = \"file:///b\"\n",
+            "snapshot_interval = \"12h\"\nretain_snapshots = 3\nupload_interval = \"500ms\"\n[[db]]\npath = \"/d/app.db\"\n[[db.replica]]\nurl = \"file:///b\"\n",
             false,
         )
         .unwrap();
         assert_eq!(c.capture.snapshot_interval, Duration::from_secs(12 * 3600));
         assert_eq!(c.capture.retain_snapshots, 3);
+        assert_eq!(c.capture.upload_interval, Some(Duration::from_millis(500)));
         assert_eq!(c.dbs[0].replica, ReplicaUrl::Local("/b".into()));
     }
 

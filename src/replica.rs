@@ -70,6 +70,15 @@ impl ReplicaUrl {
         }
     }
 
+    /// Upload batching when the configuration sets none: a local directory
+    /// ships every commit at once; S3 gathers a second of commits per PUT.
+    pub fn default_upload_interval(&self) -> std::time::Duration {
+        match self {
+            ReplicaUrl::Local(_) => std::time::Duration::ZERO,
+            ReplicaUrl::S3(_) => std::time::Duration::from_secs(1),
+        }
+    }
+
     /// How messages name the replica (never contains secrets).
     pub fn describe(&self) -> String {
         match self {

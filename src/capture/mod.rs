@@ -39,6 +39,11 @@ pub struct CaptureOptions {
     pub snapshot_interval: Duration,
     /// Snapshots to keep; segments no kept snapshot needs are deleted.
     pub retain_snapshots: usize,
+    /// Upload batching: shipping waits until the oldest unshipped commit is this
+    /// old, so one PUT carries every commit of the interval (each keeps its own
+    /// txid and observed time). `None`: the store's default (0 for a local
+    /// directory, 1 s for S3). Checkpoints and shutdown ship at once.
+    pub upload_interval: Option<Duration>,
     /// Most page records in one segment (a single larger transaction still makes
     /// one segment).
     pub segment_pages: usize,
@@ -54,6 +59,7 @@ impl Default for CaptureOptions {
             snapshot_interval: Duration::from_secs(24 * 3600),
             retain_snapshots: 7,
             segment_pages: 4096,
+            upload_interval: None,
         }
     }
 }

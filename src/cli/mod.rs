@@ -158,9 +158,14 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             let (dbs, opts) = targets(db, replica, config, !no_expand_env)?;
             if once {
                 for (db, url) in dbs {
-                    walstream::replicate_once(&db, url.open()?, opts.clone(), false)
-                        .await
-                        .with_context(|| format!("replicating {}", db.display()))?;
+                    walstream::replicate_once(
+                        &db,
+                        url.open()?,
+                        with_store_defaults(&opts, &url),
+                        false,
+                    )
+                    .await
+                    .with_context(|| format!("replicating {}", db.display()))?;
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -284,6 +289,14 @@ fn restore_paths(
     Ok((out, url))
 }
 
+/// Options with the replica's defaults filled in where the config set none.
+fn with_store_defaults(opts: &CaptureOptions, url: &ReplicaUrl) -> CaptureOptions {
+    let mut o = opts.clone();
+    o.upload_interval
+        .get_or_insert_with(|| url.default_upload_interval());
+    o
+}
+
 fn parse_time(s: &str) -> Result<i64> {
     let t = chrono::DateTime::parse_from_rfc3339(s).with_context(|| {
         format!("--timestamp {s:?} is not RFC 3339 (like 2026-11-22T08:30:00.250Z)")
@@ -297,7 +310,7 @@ async fn replicate(dbs: Vec<(PathBuf, ReplicaUrl)>, opts: CaptureOptions) -> Res
     let mut int = signal(SignalKind::interrupt())?;
     let mut running = Vec::new();
     for (db, url) in dbs {
-        let rep = Replication::start(&db, url.open()?, opts.clone())
+        let rep = Replication::start(&db, url.open()?, with_store_defaults(&opts, &url))
             .await
             .with_context(|| format!("starting replication of {} to {url}", db.display()))?;
         let rep = Arc::new(rep);

@@ -64,9 +64,25 @@ struct Lineage {
     /// state at this frame, and their own checksums are unknown.
     unknown_until: Option<u32>,
     last_time_ms: i64,
+    /// When each commit read but not shipped yet was observed: (end frame, ms).
+    observed: Vec<(u32, i64)>,
     /// Frame position at the last checkpoint (same generation as `pos`).
     checkpoint_frame: u32,
     last_snapshot_ms: i64,
+}
+
+impl Lineage {
+    /// When the commit ending at `end_frame` was first observed (now, if it was
+    /// not seen before). Times never decrease.
+    fn observed_time(&mut self, end_frame: u32) -> i64 {
+        if let Some(&(_, t)) = self.observed.iter().find(|(end, _)| *end == end_frame) {
+            return t;
+        }
+        let floor = self.observed.last().map_or(self.last_time_ms, |&(_, t)| t);
+        let t = now_ms().max(floor).max(self.last_time_ms);
+        self.observed.push((end_frame, t));
+        t
+    }
 }
 
 struct Engine {
@@ -214,6 +230,10 @@ impl Engine {
 
     /// Time until the engine should look again without an event.
     fn next_wait(&self, poll: Duration) -> Duration {
+        if let Some(since) = self.unshipped_since {
+            let left = self.upload_interval().saturating_sub(since.elapsed());
+            return poll.min(left.max(Duration::from_millis(1)));
+        }
         let pending_idle = self.lin.as_ref().is_some_and(|l| match l.pos {
             Pos::Known(p) => p.frame > l.checkpoint_frame,
             Pos::Fresh => false,
@@ -233,7 +253,7 @@ impl Engine {
         if self.lin.is_none() {
             self.start()?;
         }
-        self.sync()?;
+        self.sync_batched()?;
         self.maybe_checkpoint()?;
         self.maybe_snapshot()
     }
@@ -260,6 +280,17 @@ impl Engine {
 
     /// Ships every commit that appeared since the last call.
     fn sync(&mut self) -> Result<(), CaptureError> {
+        self.sync_inner(true)
+    }
+
+    /// Like [`Engine::sync`], but while the oldest unshipped commit is younger
+    /// than `upload_interval` it only notes when each commit was observed, so
+    /// one PUT carries many commits, each with its own txid and time.
+    fn sync_batched(&mut self) -> Result<(), CaptureError> {
+        self.sync_inner(false)
+    }
+
+    fn sync_inner(&mut self, force: bool) -> Result<(), CaptureError> {
         if self.src()?.replaced()? {
             return self.new_lineage("the database file was replaced");
         }
@@ -284,11 +315,13 @@ impl Engine {
             {
                 lin.reset_safe = false;
                 lin.checkpoint_frame = 0;
+                lin.observed.clear();
                 lin.pos = Pos::Known(position(&h, 0, h.checksum));
                 (h, 0, h.checksum)
             }
             (Pos::Fresh, Some(h)) => {
                 lin.checkpoint_frame = 0;
+                lin.observed.clear();
                 lin.pos = Pos::Known(position(&h, 0, h.checksum));
                 (h, 0, h.checksum)
             }
@@ -305,10 +338,22 @@ impl Engine {
             return Ok(());
         }
         self.last_commit_seen = Instant::now();
-        self.unshipped_since.get_or_insert_with(Instant::now);
-        self.ship(&wal, &h, &commits)?;
+        let waiting = *self.unshipped_since.get_or_insert_with(Instant::now);
+        let lin = self.lin()?;
+        let times: Vec<i64> = commits
+            .iter()
+            .map(|c| lin.observed_time(c.end_frame))
+            .collect();
+        if !force && waiting.elapsed() < self.upload_interval() {
+            return Ok(());
+        }
+        self.ship(&wal, &h, &commits, &times)?;
         self.unshipped_since = None;
         Ok(())
+    }
+
+    fn upload_interval(&self) -> Duration {
+        self.opts.upload_interval.unwrap_or(Duration::ZERO)
     }
 
     fn ship(
@@ -316,6 +361,7 @@ impl Engine {
         wal: &WalFile,
         h: &WalHeader,
         commits: &[WalCommit],
+        times: &[i64],
     ) -> Result<(), CaptureError> {
         let mut start = 0;
         while start < commits.len() {
@@ -327,7 +373,7 @@ impl Engine {
                 pages += commits[end].frames.len();
                 end += 1;
             }
-            self.ship_segment(wal, h, &commits[start..end])?;
+            self.ship_segment(wal, h, &commits[start..end], &times[start..end])?;
             start = end;
         }
         Ok(())
@@ -338,15 +384,16 @@ impl Engine {
         wal: &WalFile,
         h: &WalHeader,
         batch: &[WalCommit],
+        times: &[i64],
     ) -> Result<(), CaptureError> {
         let next_txid = self.next_txid;
         let lin = self.lin()?;
-        let time = now_ms().max(lin.last_time_ms);
+        let (first_time, time) = (times[0], times[times.len() - 1]);
         lin.hashes.begin();
         let last = &batch[batch.len() - 1];
         // The frames must still be the ones validated when read: a second guard
         // behind the pin against shipping pages of a restarted WAL.
-        let built = build_segment(lin, wal, h, batch, next_txid, time).and_then(|b| {
+        let built = build_segment(lin, wal, h, batch, next_txid, times).and_then(|b| {
             if wal.header()? == Some(*h)
                 && wal.stored_checksum(h, last.end_frame - 1)? == Some(last.end_checksum)
             {
@@ -368,7 +415,7 @@ impl Engine {
             header.min_txid(),
             header.max_txid(),
             header.lineage,
-            time,
+            first_time,
             time,
         );
         if let Err(e) = self.put_create_only(&key, bytes) {
@@ -383,6 +430,7 @@ impl Engine {
             lin.unknown_until = None;
         }
         lin.last_time_ms = time;
+        lin.observed.retain(|&(end, _)| end > last.end_frame);
         self.next_txid = header.max_txid() + 1;
         self.status.last_shipped_txid = header.max_txid();
         self.status.last_shipped_time_ms = Some(time);
@@ -527,7 +575,7 @@ fn build_segment(
     h: &WalHeader,
     batch: &[WalCommit],
     first_txid: u64,
-    time: i64,
+    times: &[i64],
 ) -> Result<(ObjectHeader, Vec<u8>), CaptureError> {
     let mut body = BodyWriter::new(Vec::new(), ObjectKind::Segment);
     let mut page = vec![0u8; h.page_size as usize];
@@ -557,7 +605,7 @@ fn build_segment(
         let known = tracked || lin.unknown_until == Some(c.end_frame);
         commits.push(CommitRecord {
             txid: first_txid + i as u64,
-            time_ms: time,
+            time_ms: times[i],
             db_pages: c.db_pages,
             page_count: latest.len() as u32,
             checksum: known.then(|| lin.hashes.checksum()),

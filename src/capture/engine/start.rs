@@ -143,6 +143,7 @@ impl Engine {
             unknown_until: None,
             last_time_ms: last.time_ms,
             checkpoint_frame: 0,
+            observed: Vec::new(),
             last_snapshot_ms: 0,
         };
         if let (true, Some(w)) = (same_generation, header) {
@@ -268,6 +269,7 @@ impl Engine {
             unknown_until: None,
             last_time_ms: time,
             checkpoint_frame: frame,
+            observed: Vec::new(),
             last_snapshot_ms: time,
         });
         self.status.lineage = Some(format!("{id:016x}"));
