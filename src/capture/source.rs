@@ -2,8 +2,10 @@
 //! transaction that keeps the WAL from being reset) and a lock connection used only
 //! to hold SQLite's write lock for a few milliseconds while nothing may change.
 
+use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::config::DbConfig;
@@ -59,6 +61,12 @@ pub struct Source {
     lock: Connection,
     pinned: bool,
     locked: bool,
+    /// Read handle on the database file, declared last so it closes after the
+    /// connections. POSIX drops every lock a process holds on a file when *any*
+    /// descriptor of that file is closed: opening and closing the database file
+    /// anew would silently release SQLite's own locks, and the application's
+    /// last connection could then checkpoint and delete the WAL under the pin.
+    db_file: Arc<File>,
 }
 
 impl Source {
@@ -82,6 +90,10 @@ impl Source {
         let pin = open_connection(db_path, busy_timeout)?;
         check_database(db_path, &pin)?;
         let lock = open_connection(db_path, busy_timeout)?;
+        let db_file = File::open(db_path).map_err(|source| CaptureError::Io {
+            path: db_path.to_path_buf(),
+            source,
+        })?;
         Ok(Source {
             db_path: db_path.to_path_buf(),
             wal_path: wal_path(db_path),
@@ -90,6 +102,7 @@ impl Source {
             lock,
             pinned: false,
             locked: false,
+            db_file: Arc::new(db_file),
         })
     }
 
@@ -98,6 +111,11 @@ impl Source {
             path: self.db_path.clone(),
             source,
         }
+    }
+
+    /// The database file, for reading pages directly (never open it anew).
+    pub fn db_file(&self) -> Arc<File> {
+        Arc::clone(&self.db_file)
     }
 
     /// Starts (or restarts) the pin read transaction.

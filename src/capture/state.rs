@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::checksum::PageHashes;
 use crate::error::CaptureError;
@@ -13,7 +14,7 @@ use crate::wal::{WalCommit, WalFile, WalHeader};
 
 pub struct StateReader<'a> {
     db_path: PathBuf,
-    db: File,
+    db: Arc<File>,
     wal: &'a WalFile,
     header: Option<WalHeader>,
     overlay: HashMap<u32, u32>,
@@ -24,8 +25,11 @@ pub struct StateReader<'a> {
 impl<'a> StateReader<'a> {
     /// The state after `commits` (all commits of the current WAL generation up to
     /// the wanted position, in order). With no commits, the database file alone.
+    /// `db` is the source's own handle on the database file (see
+    /// `Source::db_file` for why it is never opened anew).
     pub fn new(
         db_path: &Path,
+        db: Arc<File>,
         wal: &'a WalFile,
         header: Option<WalHeader>,
         commits: &[WalCommit],
@@ -35,7 +39,6 @@ impl<'a> StateReader<'a> {
             path: db_path.to_path_buf(),
             source,
         };
-        let db = File::open(db_path).map_err(io)?;
         let mut overlay = HashMap::new();
         for c in commits {
             for &(pgno, frame) in &c.frames {

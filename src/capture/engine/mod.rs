@@ -308,11 +308,9 @@ impl Engine {
                 }
                 (h, p.frame, p.checksum)
             }
-            (Pos::Known(p), Some(h))
-                if lin.reset_safe
-                    && h.salt1 == p.salt1.wrapping_add(1)
-                    && h.checkpoint_seq == p.checkpoint_seq.wrapping_add(1) =>
-            {
+            // A restart adds one to salt-1 (kept in the shared wal-index). The
+            // checkpoint sequence is not checked: each connection counts its own.
+            (Pos::Known(p), Some(h)) if lin.reset_safe && h.salt1 == p.salt1.wrapping_add(1) => {
                 lin.reset_safe = false;
                 lin.checkpoint_frame = 0;
                 lin.observed.clear();
@@ -325,7 +323,13 @@ impl Engine {
                 lin.pos = Pos::Known(position(&h, 0, h.checksum));
                 (h, 0, h.checksum)
             }
-            (Pos::Known(_), Some(_)) => {
+            (Pos::Known(p), Some(h)) => {
+                tracing::debug!(
+                    shipped = ?(p.salt1, p.salt2, p.checkpoint_seq, p.frame),
+                    now = ?(h.salt1, h.salt2, h.checkpoint_seq),
+                    reset_safe = lin.reset_safe,
+                    "unexpected WAL header"
+                );
                 return self.new_lineage("the WAL was restarted or replaced by another process");
             }
         };

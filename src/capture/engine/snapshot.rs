@@ -47,9 +47,10 @@ impl Engine {
         overlay: &[WalCommit],
     ) -> Result<(String, PageHashes), CaptureError> {
         let src = self.src()?;
-        let (db_path, wal_path) = (src.db_path.clone(), src.wal_path.clone());
+        let (db_path, wal_path, db_file) =
+            (src.db_path.clone(), src.wal_path.clone(), src.db_file());
         let wal = WalFile::open(&wal_path)?;
-        let reader = StateReader::new(&db_path, &wal, wal_header, overlay, page_size)?;
+        let reader = StateReader::new(&db_path, db_file, &wal, wal_header, overlay, page_size)?;
         let spool = Spool::create(&state_dir(&db_path))?;
         let mut header = ObjectHeader {
             kind: ObjectKind::Snapshot,

@@ -124,7 +124,7 @@ impl Engine {
                 h.page_size
             )));
         }
-        let db_path = src.db_path.clone();
+        let (db_path, db_file) = (src.db_path.clone(), src.db_file());
         let wal = WalFile::open(&src.wal_path)?;
         let header = wal.header()?;
         let same_generation = match header {
@@ -161,8 +161,9 @@ impl Engine {
                     "the shipped WAL position is not a commit in the current WAL".into(),
                 ));
             }
-            let hashes = StateReader::new(&db_path, &wal, header, &prefix, page_size)?
-                .scan(|_, _| Ok(()))?;
+            let hashes =
+                StateReader::new(&db_path, db_file.clone(), &wal, header, &prefix, page_size)?
+                    .scan(|_, _| Ok(()))?;
             if Some(hashes.checksum()) == last.checksum {
                 lin.hashes = hashes;
                 return Ok(Ok(lin));
@@ -176,13 +177,14 @@ impl Engine {
             // The WAL chain is intact but the database file was checkpointed past the
             // shipped position: the state at the WAL's end is still exact.
             lin.hashes =
-                StateReader::new(&db_path, &wal, header, &all, page_size)?.scan(|_, _| Ok(()))?;
+                StateReader::new(&db_path, db_file.clone(), &wal, header, &all, page_size)?
+                    .scan(|_, _| Ok(()))?;
             lin.unknown_until = Some(end);
             return Ok(Ok(lin));
         }
         // The WAL was restarted or removed while walstream was not running. That is
         // harmless only if the database file alone still holds the shipped state.
-        let reader = StateReader::new(&db_path, &wal, None, &[], page_size)?;
+        let reader = StateReader::new(&db_path, db_file, &wal, None, &[], page_size)?;
         if reader.db_pages != last.db_pages {
             return Ok(Err(
                 "the WAL was reset while walstream was not running".into()
