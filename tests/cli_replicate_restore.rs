@@ -108,11 +108,7 @@ fn continuous_replication_restores_every_txid_and_time() {
         "one txid per committed transaction; list:\n{list:#}\nlog:\n{}",
         rep.log_text()
     );
-    let lineages: BTreeSet<String> = snapshots(&list)
-        .into_iter()
-        .chain(segments(&list))
-        .map(|o| o.lineage)
-        .collect();
+    let lineages = lineages(&list);
     assert_eq!(
         lineages.len(),
         1,

@@ -16,7 +16,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
@@ -94,11 +93,7 @@ fn s3_continuous_replication_restores_every_target() {
         "one txid per committed transaction; list:\n{list:#}\nlog:\n{}",
         rep.log_text()
     );
-    let lineages: BTreeSet<String> = snapshots(&list)
-        .into_iter()
-        .chain(segments(&list))
-        .map(|o| o.lineage)
-        .collect();
+    let lineages = lineages(&list);
     assert_eq!(lineages.len(), 1, "one lineage: {lineages:?}");
     assert_eq!(snapshots(&list).len(), 1, "only the initial snapshot");
     assert!(!segments(&list).is_empty(), "segments are listed: {list:#}");

@@ -1201,6 +1201,15 @@ pub fn segments(list: &Value) -> Vec<Listed> {
         .collect()
 }
 
+/// The lineages that objects of a `list --json` document belong to.
+pub fn lineages(list: &Value) -> std::collections::BTreeSet<String> {
+    snapshots(list)
+        .into_iter()
+        .chain(segments(list))
+        .map(|o| o.lineage)
+        .collect()
+}
+
 /// (min_txid, max_txid) of the restorable window, `None` when empty.
 pub fn window(list: &Value) -> Option<(u64, u64)> {
     let w = &list["window"];
