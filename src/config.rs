@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::capture::CaptureOptions;
-use crate::replica::ReplicaUrl;
+use crate::replica::{R2Account, ReplicaUrl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -27,8 +27,18 @@ struct RawConfig {
     retain_snapshots: Option<usize>,
     checkpoint_pages: Option<u32>,
     upload_interval: Option<String>,
+    cloudflare: Option<RawCloudflare>,
     #[serde(default)]
     db: Vec<RawDb>,
+}
+
+/// The Cloudflare account for `r2://` replicas (the keys of an R2 API token).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCloudflare {
+    account_id: Option<String>,
+    r2_access_key_id: Option<String>,
+    r2_secret_access_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,6 +53,9 @@ struct RawDb {
 #[serde(deny_unknown_fields)]
 struct RawReplica {
     url: String,
+    /// Keys for an S3 replica (else `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`).
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
 }
 
 /// One database and where it is replicated.
@@ -99,10 +112,11 @@ impl Config {
         if let Some(n) = raw.checkpoint_pages {
             capture.checkpoint_pages = n.max(1);
         }
+        let account = r2_account(raw.cloudflare.as_ref());
         let mut dbs = Vec::new();
         for (i, db) in raw.db.iter().enumerate() {
             let replica = match db.replica.as_slice() {
-                [one] => ReplicaUrl::parse(&one.url)
+                [one] => replica_url(one, &account)
                     .map_err(|e| invalid(format!("db[{i}].replica: {e}")))?,
                 [] => {
                     return Err(invalid(format!(
@@ -124,6 +138,42 @@ impl Config {
         }
         Ok(Config { capture, dbs })
     }
+}
+
+/// The `[cloudflare]` table, completed from the environment.
+fn r2_account(raw: Option<&RawCloudflare>) -> R2Account {
+    let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    let from_env = R2Account::from_env();
+    match raw {
+        None => from_env,
+        Some(c) => R2Account {
+            account_id: nonempty(&c.account_id).or(from_env.account_id),
+            access_key_id: nonempty(&c.r2_access_key_id),
+            secret_access_key: nonempty(&c.r2_secret_access_key),
+        },
+    }
+}
+
+/// One `[[db.replica]]`: its URL, with the keys given beside it.
+fn replica_url(raw: &RawReplica, account: &R2Account) -> Result<ReplicaUrl, String> {
+    let mut url = ReplicaUrl::parse_with(&raw.url, account).map_err(|e| e.to_string())?;
+    let keys = (&raw.access_key_id, &raw.secret_access_key);
+    match (&mut url, keys) {
+        (_, (None, None)) => {}
+        (ReplicaUrl::S3(c), (Some(id), Some(secret))) => {
+            c.access_key_id = Some(id.clone());
+            c.secret_access_key = Some(secret.clone());
+        }
+        (ReplicaUrl::S3(_), _) => {
+            return Err("give both access_key_id and secret_access_key, or neither".into())
+        }
+        (ReplicaUrl::Local(_), _) => {
+            return Err(
+                "access_key_id and secret_access_key apply to s3:// and r2:// replicas only".into(),
+            )
+        }
+    }
+    Ok(url)
 }
 
 /// Durations like "90s", "15m", "24h", "7d" (a bare number is seconds).
@@ -187,6 +237,53 @@ mod tests {
         assert!(e.to_string().contains("snapshot_interval"), "{e}");
         let e = Config::parse(Path::new("t.toml"), "[[db]]\npath = \"x\"\n", false).unwrap_err();
         assert!(e.to_string().contains("no [[db.replica]]"), "{e}");
+    }
+
+    #[test]
+    fn cloudflare_table_configures_r2_replicas() {
+        std::env::set_var("WALSTREAM_TEST_R2_SECRET", "s3cr3t-marker");
+        let text = "[cloudflare]\naccount_id = \"abc123\"\nr2_access_key_id = \"AKR2\"\n\
+                    r2_secret_access_key = \"${WALSTREAM_TEST_R2_SECRET}\"\n\
+                    [[db]]\npath = \"/d/app.db\"\n[[db.replica]]\nurl = \"r2://backups/app\"\n";
+        let c = Config::parse(Path::new("t.toml"), text, true).unwrap();
+        let ReplicaUrl::S3(s3) = &c.dbs[0].replica else {
+            panic!("r2:// is an S3 replica")
+        };
+        assert_eq!(
+            s3.endpoint.as_deref(),
+            Some("https://abc123.r2.cloudflarestorage.com")
+        );
+        assert_eq!(s3.region, "auto");
+        assert_eq!(s3.access_key_id.as_deref(), Some("AKR2"));
+        assert_eq!(s3.secret_access_key.as_deref(), Some("s3cr3t-marker"));
+        assert!(
+            !format!("{c:?}").contains("s3cr3t-marker"),
+            "secrets never appear in debug output"
+        );
+        let e = Config::parse(
+            Path::new("t.toml"),
+            "[cloudflare]\naccount = \"x\"\n",
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("account"), "{e}");
+    }
+
+    #[test]
+    fn replica_keys_apply_to_s3_only_and_in_pairs() {
+        let base = "[[db]]\npath = \"/d/a.db\"\n[[db.replica]]\n";
+        let parse = |rest: &str| Config::parse(Path::new("t"), &format!("{base}{rest}"), false);
+        let c = parse("url = \"s3://b/p\"\naccess_key_id = \"A\"\nsecret_access_key = \"S\"\n")
+            .unwrap();
+        let ReplicaUrl::S3(s3) = &c.dbs[0].replica else {
+            panic!("an S3 replica")
+        };
+        assert_eq!(s3.access_key_id.as_deref(), Some("A"));
+        let e = parse("url = \"s3://b/p\"\naccess_key_id = \"A\"\n").unwrap_err();
+        assert!(e.to_string().contains("both"), "{e}");
+        let e =
+            parse("url = \"/r\"\naccess_key_id = \"A\"\nsecret_access_key = \"S\"\n").unwrap_err();
+        assert!(e.to_string().contains("s3:// and r2://"), "{e}");
     }
 
     #[test]

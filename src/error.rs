@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::format::FormatError;
+use crate::lease::LeaseError;
 use crate::store::StoreError;
 use crate::wal::WalError;
 
@@ -61,6 +62,27 @@ pub enum CaptureError {
     WalShrank { path: PathBuf, frame: u32 },
     #[error("replication stopped: {0}")]
     Stopped(String),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+}
+
+impl CaptureError {
+    /// The replica could not be reached or is failing for now: replication
+    /// keeps running and tries again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CaptureError::Store(e) | CaptureError::Lease(LeaseError::Store(e)) => e.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// Replication must stop: going on would interleave with another writer.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            CaptureError::Lease(LeaseError::Held { .. } | LeaseError::Lost { .. })
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

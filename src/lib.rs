@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod format;
+pub mod lease;
 pub mod replica;
 pub mod restore;
 pub mod retention;

@@ -28,8 +28,51 @@ pub enum UrlError {
 /// The query parameters an `s3://` URL may carry.
 const S3_PARAMS: &str = "endpoint, region, force-path-style, checksums, max-attempts";
 
+/// Environment variable with the Cloudflare account id for `r2://` URLs.
+pub const ENV_CLOUDFLARE_ACCOUNT_ID: &str = "CLOUDFLARE_ACCOUNT_ID";
+
+/// A Cloudflare account, for `r2://BUCKET/PREFIX` replicas: the account id
+/// gives the endpoint `https://<account_id>.r2.cloudflarestorage.com`; the R2
+/// token's keys, when given, sign the requests (else `AWS_ACCESS_KEY_ID` and
+/// `AWS_SECRET_ACCESS_KEY` do).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct R2Account {
+    pub account_id: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+impl std::fmt::Debug for R2Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("R2Account")
+            .field("account_id", &self.account_id)
+            .field("keys", &self.access_key_id.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl R2Account {
+    /// The account id from `CLOUDFLARE_ACCOUNT_ID`; keys from the usual variables.
+    pub fn from_env() -> R2Account {
+        R2Account {
+            account_id: std::env::var(ENV_CLOUDFLARE_ACCOUNT_ID)
+                .ok()
+                .filter(|v| !v.is_empty()),
+            ..R2Account::default()
+        }
+    }
+}
+
 impl ReplicaUrl {
+    /// Parses a replica URL; `r2://` URLs take their account from
+    /// `CLOUDFLARE_ACCOUNT_ID` (see [`ReplicaUrl::parse_with`]).
     pub fn parse(url: &str) -> Result<ReplicaUrl, UrlError> {
+        ReplicaUrl::parse_with(url, &R2Account::from_env())
+    }
+
+    /// Parses a replica URL, with `account` for `r2://` URLs that do not name
+    /// their account (`?account-id=`).
+    pub fn parse_with(url: &str, account: &R2Account) -> Result<ReplicaUrl, UrlError> {
         let invalid = |reason: &str| UrlError::Invalid {
             url: url.to_string(),
             reason: reason.to_string(),
@@ -50,10 +93,15 @@ impl ReplicaUrl {
         if let Some(rest) = url.strip_prefix("s3://") {
             return parse_s3(rest).map(ReplicaUrl::S3).map_err(|r| invalid(&r));
         }
+        if let Some(rest) = url.strip_prefix("r2://") {
+            return parse_r2(rest, account)
+                .map(ReplicaUrl::S3)
+                .map_err(|r| invalid(&r));
+        }
         if let Some((scheme, _)) = url.split_once("://") {
             return Err(invalid(&format!(
-                "unsupported scheme {scheme:?}: use file:///abs/dir, a directory path or \
-                 s3://bucket/prefix"
+                "unsupported scheme {scheme:?}: use file:///abs/dir, a directory path, \
+                 s3://bucket/prefix or r2://bucket/prefix"
             )));
         }
         let path = std::path::absolute(url).map_err(|e| invalid(&e.to_string()))?;
@@ -210,6 +258,43 @@ fn parse_s3(rest: &str) -> Result<S3Config, String> {
     Ok(config)
 }
 
+/// Parses what follows `r2://`: `BUCKET[/PREFIX][?account-id=ID&...]`, with the
+/// other `s3://` parameters except `endpoint`.
+fn parse_r2(rest: &str, account: &R2Account) -> Result<S3Config, String> {
+    let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut account_id = account.account_id.clone();
+    let mut params = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("account-id", id)) => account_id = Some(percent_decode(id)?),
+            Some(("endpoint", _)) => {
+                return Err("an r2:// URL takes its endpoint from the account id; \
+                            use s3://...?endpoint= for another endpoint"
+                    .into())
+            }
+            _ => params.push(pair),
+        }
+    }
+    let id = account_id.filter(|id| !id.is_empty()).ok_or_else(|| {
+        format!(
+            "an r2:// URL needs the Cloudflare account id: set [cloudflare] account_id in the \
+             config, {ENV_CLOUDFLARE_ACCOUNT_ID}, or ?account-id=ID"
+        )
+    })?;
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "Cloudflare account id {id:?} must be letters and digits (the 32-character id \
+             on the dashboard)"
+        ));
+    }
+    params.push("endpoint=https://ACCOUNT.r2.cloudflarestorage.com");
+    let mut config = parse_s3(&format!("{location}?{}", params.join("&")))?;
+    config.endpoint = Some(format!("https://{id}.r2.cloudflarestorage.com"));
+    config.access_key_id = account.access_key_id.clone();
+    config.secret_access_key = account.secret_access_key.clone();
+    Ok(config)
+}
+
 /// The host of an `http://` or `https://` URL (without port or brackets).
 fn endpoint_host(url: &str) -> Option<&str> {
     let rest = url
@@ -348,6 +433,57 @@ mod tests {
         assert_eq!(s3("s3://b/").prefix, "");
         assert_eq!(s3("s3://b/x%2Dy").prefix, "x-y");
         assert_eq!(s3("s3://b?region=auto").region, "auto");
+    }
+
+    #[test]
+    fn r2_urls_take_the_endpoint_and_keys_from_the_account() {
+        let account = R2Account {
+            account_id: Some("0123abcd".into()),
+            access_key_id: Some("AK".into()),
+            secret_access_key: Some("SK".into()),
+        };
+        let ReplicaUrl::S3(c) = ReplicaUrl::parse_with("r2://backups/app/db", &account).unwrap()
+        else {
+            panic!("an r2:// URL is an S3 replica")
+        };
+        assert_eq!(
+            c.endpoint.as_deref(),
+            Some("https://0123abcd.r2.cloudflarestorage.com")
+        );
+        assert_eq!(
+            (c.bucket.as_str(), c.prefix.as_str()),
+            ("backups", "app/db")
+        );
+        assert_eq!((c.region.as_str(), c.force_path_style), ("auto", true));
+        assert_eq!(c.access_key_id.as_deref(), Some("AK"));
+        assert_eq!(c.secret_access_key.as_deref(), Some("SK"));
+        // The URL's own account id wins; other parameters still apply.
+        let ReplicaUrl::S3(c) = ReplicaUrl::parse_with(
+            "r2://b?account-id=ffff&max-attempts=3",
+            &R2Account::default(),
+        )
+        .unwrap() else {
+            panic!("an r2:// URL is an S3 replica")
+        };
+        assert_eq!(
+            c.endpoint.as_deref(),
+            Some("https://ffff.r2.cloudflarestorage.com")
+        );
+        assert_eq!(c.max_attempts, 3);
+        assert_eq!(c.access_key_id, None, "keys then come from the environment");
+    }
+
+    #[test]
+    fn r2_urls_without_an_account_or_with_an_endpoint_are_refused() {
+        let none = R2Account::default();
+        let e = ReplicaUrl::parse_with("r2://b/p", &none).unwrap_err();
+        assert!(e.to_string().contains("[cloudflare] account_id"), "{e}");
+        let e = ReplicaUrl::parse_with("r2://b/p?account-id=a.b", &none).unwrap_err();
+        assert!(e.to_string().contains("letters and digits"), "{e}");
+        let e = ReplicaUrl::parse_with("r2://b?account-id=a&endpoint=http://x", &none).unwrap_err();
+        assert!(e.to_string().contains("takes its endpoint"), "{e}");
+        let e = ReplicaUrl::parse_with("r2://b?account-id=a&colour=red", &none).unwrap_err();
+        assert!(e.to_string().contains("unknown query parameter"), "{e}");
     }
 
     #[test]

@@ -51,7 +51,13 @@ pub async fn status(
     store: &Arc<dyn ObjectStore>,
     live: Option<EngineStatus>,
 ) -> Result<Status, StoreError> {
-    let catalog = Catalog::load(store).await?;
+    // While the replica is unreachable the running process still knows its
+    // positions and lag, which is when they matter most.
+    let (catalog, replica_error) = match Catalog::load(store).await {
+        Ok(c) => (c, None),
+        Err(e) if live.is_some() => (Catalog::default(), Some(e.to_string())),
+        Err(e) => return Err(e),
+    };
     let wal_bytes = std::fs::metadata(wal_path(db)).map_or(0, |m| m.len());
     let mut s = Status {
         database: db.display().to_string(),
@@ -71,7 +77,9 @@ pub async fn status(
         s.pending_commits = Some(live.pending_commits);
         s.last_committed_txid = Some(s.last_shipped_txid + live.pending_commits);
         s.lag_ms = Some(live.lag_ms);
-        s.last_error = live.last_error;
+        s.wal_bytes = s.wal_bytes.max(live.wal_bytes);
+        s.last_snapshot_time_ms = s.last_snapshot_time_ms.or(live.last_snapshot_time_ms);
+        s.last_error = replica_error.or(live.last_error);
         return Ok(s);
     }
     if let Some(pending) = pending_from_wal(db, store, &catalog).await {

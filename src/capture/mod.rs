@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::error::CaptureError;
+use crate::lease::LeaseTimes;
 use crate::store::ObjectStore;
 
 pub use engine::EngineStatus;
@@ -47,6 +48,8 @@ pub struct CaptureOptions {
     /// Most page records in one segment (a single larger transaction still makes
     /// one segment).
     pub segment_pages: usize,
+    /// The replica's single-writer lease (see [`crate::lease`]).
+    pub lease: LeaseTimes,
 }
 
 impl Default for CaptureOptions {
@@ -60,6 +63,7 @@ impl Default for CaptureOptions {
             retain_snapshots: 7,
             segment_pages: 4096,
             upload_interval: None,
+            lease: LeaseTimes::default(),
         }
     }
 }

@@ -79,11 +79,20 @@ pub struct RemoteError {
     pub code: String,
     /// What it means and what to check. Never contains secrets.
     pub message: String,
+    /// The store could not be reached or is failing for now (connection,
+    /// timeout, 5xx, SlowDown), as opposed to refusing the request as made
+    /// (credentials, permissions, a missing bucket): waiting may help.
+    pub transient: bool,
 }
 
 impl StoreError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, StoreError::NotFound { .. })
+    }
+
+    /// Whether the store may answer if asked again later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Remote(r) if r.transient)
     }
 }
 

@@ -735,13 +735,20 @@ impl Ctx<'_> {
         }
     }
 
+    /// A failure worth retrying later (no answer, an overloaded or failing
+    /// service): see [`RemoteError::transient`].
     fn remote(&self, code: &str, message: String) -> StoreError {
+        self.remote_with(code, message, true)
+    }
+
+    fn remote_with(&self, code: &str, message: String, transient: bool) -> StoreError {
         StoreError::Remote(Box::new(RemoteError {
             store: self.inner.describe.clone(),
             op: self.op,
             key: self.key.to_string(),
             code: code.to_string(),
             message,
+            transient,
         }))
     }
 
@@ -825,6 +832,17 @@ impl Ctx<'_> {
     fn error(&self, failure: Failure) -> StoreError {
         let inner = self.inner;
         let attempts = inner.max_attempts;
+        let transient = match &failure {
+            Failure::Transport { .. } | Failure::Conflict => true,
+            Failure::Service { status, code, .. } => {
+                status.is_some_and(|s| s >= 500)
+                    || matches!(
+                        code.as_str(),
+                        "SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout"
+                    )
+            }
+            _ => false,
+        };
         let (code, message) = match failure {
             Failure::NotFound => ("NoSuchKey".to_string(), "not found".to_string()),
             Failure::PreconditionFailed => (
@@ -914,7 +932,7 @@ impl Ctx<'_> {
                 )
             }
         };
-        self.remote(&code, message)
+        self.remote_with(&code, message, transient)
     }
 }
 

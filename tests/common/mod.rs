@@ -7,6 +7,8 @@
 //! Include it with `mod common;`. Not every test file uses every helper.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -451,7 +453,13 @@ pub fn last_shipped_txid(db: &Path, replica: &str) -> u64 {
 /// in the replica.
 #[track_caller]
 pub fn wait_shipped(db: &Path, replica: &str, txid: u64) {
-    let deadline = Instant::now() + SHIP_TIMEOUT;
+    wait_shipped_within(db, replica, txid, SHIP_TIMEOUT);
+}
+
+/// [`wait_shipped`] with a timeout of its own.
+#[track_caller]
+pub fn wait_shipped_within(db: &Path, replica: &str, txid: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
     loop {
         let shipped = last_shipped_txid(db, replica);
         if shipped >= txid {
@@ -459,7 +467,7 @@ pub fn wait_shipped(db: &Path, replica: &str, txid: u64) {
         }
         assert!(
             Instant::now() < deadline,
-            "txid {txid} not shipped within {SHIP_TIMEOUT:?} (last shipped {shipped})"
+            "txid {txid} not shipped within {timeout:?} (last shipped {shipped})"
         );
         thread::sleep(Duration::from_millis(20));
     }

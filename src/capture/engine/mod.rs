@@ -1,6 +1,7 @@
 //! The capture engine: ship commits, checkpoint; start-up in `start`, snapshots
 //! in `snapshot`.
 
+mod lease;
 mod snapshot;
 mod start;
 
@@ -96,6 +97,7 @@ struct Engine {
     last_commit_seen: Instant,
     status: EngineStatus,
     unshipped_since: Option<Instant>,
+    lease: Option<crate::lease::Lease>,
 }
 
 fn now_ms() -> i64 {
@@ -112,15 +114,26 @@ pub(crate) fn run(
     ready: oneshot::Sender<Result<(), CaptureError>>,
 ) -> Result<(), CaptureError> {
     let mut eng = Engine::new(db_path, store, opts, rt);
-    if let Err(e) = eng.start_retrying() {
-        let _ = ready.send(Err(e));
-        return Ok(());
+    let mut failures = 0u32;
+    match eng.start_retrying() {
+        Ok(()) => {}
+        // An outage of the store is not a reason to stop: hold the WAL so what is
+        // committed meanwhile stays there, and start as soon as the store answers.
+        Err(e) if e.is_transient() => {
+            eng.record_error(&e);
+            eng.hold_wal();
+            failures = 1;
+        }
+        Err(e) => {
+            eng.release_lease();
+            let _ = ready.send(Err(e));
+            return Ok(());
+        }
     }
     let _ = ready.send(Ok(()));
-    let mut failures = 0u32;
     loop {
         let wait = if failures > 0 {
-            Duration::from_millis(100 << failures.min(8)).min(Duration::from_secs(30))
+            retry_delay(failures)
         } else {
             eng.next_wait(poll)
         };
@@ -144,10 +157,16 @@ pub(crate) fn run(
             }
         }
         if shutdown {
-            return eng.final_sync();
+            let r = eng.final_sync();
+            eng.release_lease();
+            return r;
         }
         match eng.step() {
             Ok(()) => failures = 0,
+            Err(e) if e.is_fatal() => {
+                eng.record_error(&e);
+                return Err(e);
+            }
             Err(e) => {
                 failures += 1;
                 eng.record_error(&e);
@@ -171,19 +190,17 @@ pub(crate) fn once(
     force_snapshot: bool,
 ) -> Result<Option<String>, CaptureError> {
     let mut eng = Engine::new(db_path, store, opts, rt);
-    let before = eng.status.last_snapshot_key.clone();
-    eng.start_retrying()?;
-    eng.sync()?;
-    eng.checkpoint_cycle()?;
-    if force_snapshot {
-        return eng.snapshot_now("requested").map(Some);
-    }
-    eng.maybe_snapshot()?;
-    Ok(eng
-        .status
-        .last_snapshot_key
-        .clone()
-        .filter(|k| Some(k) != before.as_ref()))
+    let r = eng.one_pass(force_snapshot);
+    eng.release_lease();
+    r
+}
+
+/// Backoff after `failures` failed steps in a row: doubling from 200 ms up to
+/// 10 s (a returning store is noticed within seconds), with jitter so that many
+/// replicas do not retry in lockstep.
+fn retry_delay(failures: u32) -> Duration {
+    let base = Duration::from_millis(100 << failures.min(7)).min(Duration::from_secs(10));
+    base.mul_f64(rand::random_range(0.75..1.25))
 }
 
 impl Engine {
@@ -204,7 +221,43 @@ impl Engine {
             last_commit_seen: Instant::now(),
             status: EngineStatus::default(),
             unshipped_since: None,
+            lease: None,
         }
+    }
+
+    fn one_pass(&mut self, force_snapshot: bool) -> Result<Option<String>, CaptureError> {
+        let before = self.status.last_snapshot_key.clone();
+        self.start_retrying()?;
+        self.sync()?;
+        self.checkpoint_cycle()?;
+        if force_snapshot {
+            return self.snapshot_now("requested").map(Some);
+        }
+        self.maybe_snapshot()?;
+        Ok(self
+            .status
+            .last_snapshot_key
+            .clone()
+            .filter(|k| Some(k) != before.as_ref()))
+    }
+
+    /// While the replica cannot be reached at start, pin the WAL so that the
+    /// transactions committed meanwhile stay in it until they are shipped.
+    fn hold_wal(&mut self) {
+        let held = match self.src.as_mut() {
+            Some(src) => src.pin(),
+            None => Source::open(&self.db_path, self.opts.busy_timeout).and_then(|mut src| {
+                src.pin()?;
+                self.src = Some(src);
+                Ok(())
+            }),
+        };
+        if let Err(e) = held {
+            tracing::warn!(db = %self.db_path.display(), error = %e, "could not pin the WAL while waiting for the replica");
+        }
+        // What was committed before is unknown until the replica answers: the
+        // lag is counted from now.
+        self.unshipped_since.get_or_insert_with(Instant::now);
     }
 
     fn record_error(&mut self, e: &CaptureError) {
@@ -250,6 +303,7 @@ impl Engine {
     }
 
     fn step(&mut self) -> Result<(), CaptureError> {
+        self.ensure_lease()?;
         if self.lin.is_none() {
             self.start()?;
         }
@@ -444,7 +498,8 @@ impl Engine {
 
     /// Write-once put; an identical object already there (a retried write that
     /// had succeeded) counts as success.
-    fn put_create_only(&self, key: &str, bytes: Vec<u8>) -> Result<(), CaptureError> {
+    fn put_create_only(&mut self, key: &str, bytes: Vec<u8>) -> Result<(), CaptureError> {
+        self.ensure_lease()?;
         let body = Bytes::from(bytes);
         match self.block_on(self.store.put(key, body.clone(), PutMode::CreateOnly)) {
             Ok(()) => Ok(()),

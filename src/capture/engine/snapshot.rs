@@ -93,6 +93,7 @@ impl Engine {
             self.verify_wal_unchanged(&wal_path, pos)?;
         }
         let key = snapshot_key(txid, lineage, time);
+        self.ensure_lease()?;
         let put = self
             .store
             .put_file(&key, spool.path.clone(), PutMode::CreateOnly);

@@ -32,8 +32,18 @@ impl Engine {
     /// which does not stop the next writer from restarting the WAL over them.
     pub(super) fn start(&mut self) -> Result<(), CaptureError> {
         self.lin = None;
-        self.src = None;
-        self.src = Some(Source::open(&self.db_path, self.opts.busy_timeout)?);
+        // A source kept open (and pinned) while the replica was unreachable is
+        // reused, so the WAL it held stays held.
+        let reusable = self
+            .src
+            .as_ref()
+            .is_some_and(|s| !s.is_locked() && matches!(s.replaced(), Ok(false)));
+        if !reusable {
+            self.src = None;
+            self.src = Some(Source::open(&self.db_path, self.opts.busy_timeout)?);
+        }
+        // After the database checks, so a wrong path or mode is reported as such.
+        self.ensure_lease()?;
         // The replica first: listing and reading a header may take a while.
         let catalog = self.block_on(Catalog::load(&self.store))?;
         self.next_txid = catalog.max_txid() + 1;

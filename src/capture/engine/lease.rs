@@ -1,0 +1,46 @@
+//! The engine's side of the replica lease: claimed before the first write,
+//! renewed while running, released on a clean stop.
+
+use super::*;
+use crate::lease::{Identity, Lease};
+
+impl Engine {
+    /// Claims the lease on first use; renews it when due. Writes need a lease
+    /// that is still valid, so a failed renewal only stops them once it lapses.
+    pub(super) fn ensure_lease(&mut self) -> Result<(), CaptureError> {
+        let (rt, store) = (self.rt.clone(), Arc::clone(&self.store));
+        let Some(lease) = self.lease.as_mut() else {
+            let me = Identity::load_or_create(&state_dir(&self.db_path), &self.db_path).map_err(
+                |source| CaptureError::Io {
+                    path: state_dir(&self.db_path),
+                    source,
+                },
+            )?;
+            self.lease = Some(rt.block_on(Lease::acquire(&store, me, self.opts.lease))?);
+            return Ok(());
+        };
+        if !lease.renewal_due() {
+            return Ok(());
+        }
+        match rt.block_on(lease.renew(&store)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = CaptureError::from(e);
+                if e.is_fatal() || !lease.is_valid() {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "renewing the replica lease failed; retrying");
+                Ok(())
+            }
+        }
+    }
+
+    /// Lets the next start, on any host, claim the replica at once.
+    pub(super) fn release_lease(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            if let Err(e) = self.block_on(lease.release(&self.store)) {
+                tracing::warn!(error = %e, "could not release the replica lease; it expires by itself");
+            }
+        }
+    }
+}
