@@ -220,16 +220,32 @@ impl Catalog {
             .collect()
     }
 
+    /// The run of restorable txids that ends at the newest one: every txid in
+    /// it restores. Older snapshots kept on their own (by calendar retention or
+    /// a pin) restore only at their own txid and are not part of it.
     pub fn window(&self) -> Option<Window> {
-        let chains = self.chains(&HashSet::new());
-        let oldest = chains.iter().min_by_key(|c| c.snapshot.max_txid)?;
-        let newest = chains.iter().max_by_key(|c| c.max_txid())?;
-        Some(Window {
-            min_txid: oldest.snapshot.max_txid,
-            max_txid: newest.max_txid(),
-            min_time_ms: oldest.snapshot.max_time_ms,
-            max_time_ms: newest.max_time_ms(),
-        })
+        let mut chains = self.chains(&HashSet::new());
+        chains.sort_by_key(|c| c.snapshot.max_txid);
+        let mut window: Option<Window> = None;
+        for c in &chains {
+            match &mut window {
+                Some(w) if c.snapshot.max_txid <= w.max_txid + 1 => {
+                    if c.max_txid() > w.max_txid {
+                        w.max_txid = c.max_txid();
+                        w.max_time_ms = c.max_time_ms();
+                    }
+                }
+                _ => {
+                    window = Some(Window {
+                        min_txid: c.snapshot.max_txid,
+                        max_txid: c.max_txid(),
+                        min_time_ms: c.snapshot.max_time_ms,
+                        max_time_ms: c.max_time_ms(),
+                    })
+                }
+            }
+        }
+        window
     }
 }
 
@@ -267,8 +283,9 @@ mod tests {
         let chains = cat.chains(&HashSet::new());
         assert_eq!(chains[0].max_txid(), 9);
         assert_eq!(chains[1].max_txid(), 4);
+        // Txids 5 and 6 do not restore: the window is what ends at the newest.
         let w = cat.window().unwrap();
-        assert_eq!((w.min_txid, w.max_txid), (1, 9));
+        assert_eq!((w.min_txid, w.max_txid), (7, 9));
     }
 }
 

@@ -7,6 +7,8 @@ use serde::Deserialize;
 
 use crate::capture::CaptureOptions;
 use crate::replica::{R2Account, ReplicaUrl};
+use crate::retention::RetentionPolicy;
+use crate::schedule::TimeOfDay;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -24,7 +26,15 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     snapshot_interval: Option<String>,
+    snapshot_at: Option<String>,
+    /// Older name of `retention_count`.
     retain_snapshots: Option<usize>,
+    retention_count: Option<usize>,
+    retention_age: Option<String>,
+    keep_daily: Option<usize>,
+    keep_weekly: Option<usize>,
+    keep_monthly: Option<usize>,
+    min_snapshots: Option<usize>,
     checkpoint_pages: Option<u32>,
     upload_interval: Option<String>,
     cloudflare: Option<RawCloudflare>,
@@ -106,9 +116,14 @@ impl Config {
                 ))
             })?);
         }
-        if let Some(n) = raw.retain_snapshots {
-            capture.retain_snapshots = n.max(1);
+        if let Some(s) = &raw.snapshot_at {
+            capture.snapshot_at = Some(TimeOfDay::parse(s).ok_or_else(|| {
+                invalid(format!(
+                    "snapshot_at = {s:?}: use HH:MM in UTC, or with an offset like \"03:00+01:00\""
+                ))
+            })?);
         }
+        capture.retention = retention_policy(&raw).map_err(invalid)?;
         if let Some(n) = raw.checkpoint_pages {
             capture.checkpoint_pages = n.max(1);
         }
@@ -138,6 +153,31 @@ impl Config {
         }
         Ok(Config { capture, dbs })
     }
+}
+
+/// The retention keys; with none given, the default (7 snapshots).
+fn retention_policy(raw: &RawConfig) -> Result<RetentionPolicy, String> {
+    if raw.retain_snapshots.is_some() && raw.retention_count.is_some() {
+        return Err("retain_snapshots is the older name of retention_count: give one".into());
+    }
+    let count = raw.retention_count.or(raw.retain_snapshots);
+    let age = match &raw.retention_age {
+        Some(s) => Some(parse_duration(s).ok_or_else(|| {
+            format!("retention_age = {s:?}: use a duration like \"30d\" or \"12h\"")
+        })?),
+        None => None,
+    };
+    let tiers = (raw.keep_daily, raw.keep_weekly, raw.keep_monthly);
+    let any = count.is_some() || age.is_some() || tiers != (None, None, None);
+    let default = RetentionPolicy::default();
+    Ok(RetentionPolicy {
+        count: if any { count } else { default.count },
+        age,
+        daily: raw.keep_daily.unwrap_or(0),
+        weekly: raw.keep_weekly.unwrap_or(0),
+        monthly: raw.keep_monthly.unwrap_or(0),
+        min: raw.min_snapshots.unwrap_or(1).max(1),
+    })
 }
 
 /// The `[cloudflare]` table, completed from the environment.
@@ -223,7 +263,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.capture.snapshot_interval, Duration::from_secs(12 * 3600));
-        assert_eq!(c.capture.retain_snapshots, 3);
+        assert_eq!(c.capture.retention.count, Some(3));
         assert_eq!(c.capture.upload_interval, Some(Duration::from_millis(500)));
         assert_eq!(c.dbs[0].replica, ReplicaUrl::Local("/b".into()));
     }
@@ -284,6 +324,33 @@ mod tests {
         let e =
             parse("url = \"/r\"\naccess_key_id = \"A\"\nsecret_access_key = \"S\"\n").unwrap_err();
         assert!(e.to_string().contains("s3:// and r2://"), "{e}");
+    }
+
+    #[test]
+    fn retention_and_schedule_keys() {
+        let c = Config::parse(
+            Path::new("t"),
+            "snapshot_at = \"03:00\"\nretention_age = \"30d\"\nkeep_daily = 7\nkeep_weekly = 4\n\
+             keep_monthly = 12\nmin_snapshots = 2\n",
+            false,
+        )
+        .unwrap();
+        let r = &c.capture.retention;
+        assert_eq!(r.count, None, "explicit rules replace the default count");
+        assert_eq!(r.age, Some(Duration::from_secs(30 * 86400)));
+        assert_eq!((r.daily, r.weekly, r.monthly, r.min), (7, 4, 12, 2));
+        assert_eq!(c.capture.snapshot_at.map(|t| t.minute), Some(180));
+        let d = Config::parse(Path::new("t"), "", false).unwrap();
+        assert_eq!(d.capture.retention, RetentionPolicy::default());
+        for (text, needle) in [
+            ("snapshot_at = \"3am\"", "snapshot_at"),
+            ("retention_age = \"a month\"", "retention_age"),
+            ("retain_snapshots = 3\nretention_count = 4", "older name"),
+            ("keep_daily = -1", "keep_daily"),
+        ] {
+            let e = Config::parse(Path::new("t"), text, false).unwrap_err();
+            assert!(e.to_string().contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod lease;
 pub mod replica;
 pub mod restore;
 pub mod retention;
+pub mod schedule;
 pub mod status;
 pub mod store;
 pub mod verify;

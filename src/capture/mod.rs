@@ -19,6 +19,8 @@ use tokio::sync::oneshot;
 
 use crate::error::CaptureError;
 use crate::lease::LeaseTimes;
+use crate::retention::RetentionPolicy;
+use crate::schedule::TimeOfDay;
 use crate::store::ObjectStore;
 
 pub use engine::EngineStatus;
@@ -38,8 +40,11 @@ pub struct CaptureOptions {
     pub busy_timeout: Duration,
     /// Take a full snapshot when the newest one is older than this.
     pub snapshot_interval: Duration,
-    /// Snapshots to keep; segments no kept snapshot needs are deleted.
-    pub retain_snapshots: usize,
+    /// Also take one at this time of day (once the newest is older than it).
+    pub snapshot_at: Option<TimeOfDay>,
+    /// Which snapshots to keep after each snapshot; segments no kept snapshot
+    /// needs are deleted.
+    pub retention: RetentionPolicy,
     /// Upload batching: shipping waits until the oldest unshipped commit is this
     /// old, so one PUT carries every commit of the interval (each keeps its own
     /// txid and observed time). `None`: the store's default (0 for a local
@@ -60,7 +65,8 @@ impl Default for CaptureOptions {
             poll_interval: Duration::from_secs(1),
             busy_timeout: Duration::from_secs(5),
             snapshot_interval: Duration::from_secs(24 * 3600),
-            retain_snapshots: 7,
+            snapshot_at: None,
+            retention: RetentionPolicy::default(),
             segment_pages: 4096,
             upload_interval: None,
             lease: LeaseTimes::default(),

@@ -1,6 +1,7 @@
 //! Maps command-line arguments to library calls.
 
 mod output;
+mod prune;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,6 +101,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete snapshots no retention rule keeps, and segments no kept snapshot needs.
+    Prune {
+        /// The replica (default: every replica of --config).
+        replica: Option<String>,
+        /// Print the plan (what would be deleted and why, which rule keeps each
+        /// survivor) and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        policy: prune::PolicyArgs,
+        /// Take the policy (and, without REPLICA_URL, the replicas) from this config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        no_expand_env: bool,
+    },
+    /// Keep a snapshot forever, whatever the retention policy says.
+    Pin {
+        replica: String,
+        /// The snapshot's key, as `walstream list` shows it.
+        snapshot: String,
+    },
+    /// Undo `pin`: the snapshot is subject to the retention policy again.
+    Unpin { replica: String, snapshot: String },
     /// Last committed and shipped txid, lag, last snapshot.
     Status {
         db: PathBuf,
@@ -231,6 +258,41 @@ async fn run(cmd: Command) -> Result<ExitCode> {
         }
         Command::Verify { replica, json } => {
             output::verify(&ReplicaUrl::parse(&replica)?.open()?, json).await
+        }
+        Command::Prune {
+            replica,
+            dry_run,
+            json,
+            policy,
+            config,
+            no_expand_env,
+        } => {
+            let cfg = match &config {
+                Some(path) => Some(Config::load(path, !no_expand_env)?),
+                None => None,
+            };
+            let policy = match (policy.policy()?, &cfg) {
+                (Some(p), _) => p,
+                (None, Some(c)) => c.capture.retention.clone(),
+                (None, None) => walstream::retention::RetentionPolicy::default(),
+            };
+            let urls = match (replica, cfg) {
+                (Some(r), _) => vec![ReplicaUrl::parse(&r)?],
+                (None, Some(c)) => c.dbs.into_iter().map(|d| d.replica).collect(),
+                (None, None) => bail!("missing REPLICA_URL (or --config FILE)"),
+            };
+            for url in urls {
+                prune::prune(&url.open()?, &policy, dry_run, json)
+                    .await
+                    .with_context(|| format!("pruning {url}"))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pin { replica, snapshot } => {
+            prune::set_pin(&ReplicaUrl::parse(&replica)?.open()?, &snapshot, true).await
+        }
+        Command::Unpin { replica, snapshot } => {
+            prune::set_pin(&ReplicaUrl::parse(&replica)?.open()?, &snapshot, false).await
         }
         Command::Status { db, replica, json } => {
             let db = std::path::absolute(&db)?;

@@ -15,6 +15,9 @@ use crate::store::ObjectStore;
 pub use execute::{IntegrityCheck, RestoreReport};
 pub use plan::{format_time, plan_txid, resolve_target, RestorePlan, Target};
 
+/// Plans made again after planned objects vanished (pruned during the restore).
+const MAX_REPLANS: u32 = 3;
+
 /// Called with (bytes of replica objects processed, total bytes planned).
 pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
@@ -62,14 +65,15 @@ pub async fn restore(
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
     check_output(&opts.output, opts.force)?;
-    let catalog = Catalog::load(store).await?;
+    let mut catalog = Catalog::load(store).await?;
     if catalog.is_empty() {
         return Err(RestoreError::EmptyReplica {
             replica: store.describe(),
         });
     }
-    let txid = resolve_target(store, &catalog, opts.target).await?;
+    let mut txid = resolve_target(store, &catalog, opts.target).await?;
     let mut exclude = HashSet::new();
+    let mut replans = 0;
     loop {
         let plan = plan_txid(&catalog, txid, &exclude)?;
         let store2 = Arc::clone(store);
@@ -82,6 +86,21 @@ pub async fn restore(
                 source: std::io::Error::other(e.to_string()),
             })?;
         match result {
+            // Pruning deleted a planned object meanwhile: what the replica holds
+            // now may still reach the target (a newer snapshot), so plan again.
+            Err(
+                execute::Failure::Damaged {
+                    error: RestoreError::Store(e),
+                    ..
+                }
+                | execute::Failure::Fatal(RestoreError::Store(e)),
+            ) if e.is_not_found() && replans < MAX_REPLANS => {
+                replans += 1;
+                tracing::warn!(error = %e, "a planned object was deleted meanwhile (pruned?); planning again");
+                catalog = Catalog::load(store).await?;
+                txid = resolve_target(store, &catalog, opts.target).await?;
+                exclude.clear();
+            }
             Err(execute::Failure::Damaged { key, error }) => {
                 tracing::warn!(%key, error = %error, "damaged object; planning around it");
                 if !exclude.insert(key) {

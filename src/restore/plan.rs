@@ -201,10 +201,20 @@ pub async fn resolve_target(
                     .max();
                 best = best.max(within);
             }
-            best.ok_or_else(|| RestoreError::TargetOutOfWindow {
-                target: target.to_string(),
-                window: window_text(catalog),
-            })
+            // The state at T is the one after `best` only if the transaction
+            // after it is known (and so known to be later than T): after a
+            // snapshot kept on its own, pruned transactions may precede T.
+            let next_known = |b: u64| {
+                b == catalog.max_txid()
+                    || chains
+                        .iter()
+                        .any(|c| c.snapshot.max_txid <= b + 1 && b < c.max_txid())
+            };
+            best.filter(|&b| next_known(b))
+                .ok_or_else(|| RestoreError::TargetOutOfWindow {
+                    target: target.to_string(),
+                    window: window_text(catalog),
+                })
         }
     }
 }
@@ -226,6 +236,32 @@ mod tests {
             snapshot_key(5, 1, 3000),
             segment_key(6, 9, 1, 4000, 4000),
         ])
+    }
+
+    #[test]
+    fn a_time_after_a_snapshot_kept_on_its_own_is_out_of_the_window() {
+        // Snapshot 4 kept by a pin; 5..=9 pruned; the window is 10..=12.
+        let c = catalog(&[
+            snapshot_key(4, 1, 4000),
+            snapshot_key(10, 1, 10_000),
+            segment_key(11, 12, 1, 11_000, 12_000),
+        ]);
+        let store: Arc<dyn ObjectStore> = Arc::new(crate::store::LocalStore::new("/nonexistent"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let at = |t| rt.block_on(resolve_target(&store, &c, Target::Time(t)));
+        assert_eq!(at(10_500).unwrap(), 10);
+        assert_eq!(at(20_000).unwrap(), 12);
+        // At 5000 the state may include pruned transactions 5..: refused.
+        let e = at(5000).unwrap_err();
+        assert!(matches!(e, RestoreError::TargetOutOfWindow { .. }), "{e}");
+        assert!(e.to_string().contains("10..=12"), "{e}");
+        // Its own txid still restores.
+        assert_eq!(
+            plan_txid(&c, 4, &HashSet::new()).unwrap().snapshot.max_txid,
+            4
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use super::*;
+use crate::schedule::SnapshotSchedule;
 
 impl Engine {
     pub(super) fn after_snapshot(
@@ -23,7 +24,8 @@ impl Engine {
 
     pub(super) fn prune(&mut self) -> Result<(), CaptureError> {
         let catalog = self.block_on(Catalog::load(&self.store))?;
-        let plan = retention::plan(&catalog, self.opts.retain_snapshots);
+        let pins = self.block_on(retention::load_pins(&self.store))?;
+        let plan = retention::plan(&catalog, &self.opts.retention, &pins, now_ms());
         if !plan.delete.is_empty() {
             tracing::info!(
                 objects = plan.delete.len(),
@@ -132,9 +134,11 @@ impl Engine {
     }
 
     pub(super) fn maybe_snapshot(&mut self) -> Result<(), CaptureError> {
-        let interval = self.opts.snapshot_interval.as_millis() as i64;
-        let due = self.lin()?.last_snapshot_ms + interval <= now_ms();
-        if due {
+        let schedule = SnapshotSchedule {
+            interval: self.opts.snapshot_interval,
+            at: self.opts.snapshot_at,
+        };
+        if schedule.due(self.lin()?.last_snapshot_ms, now_ms()) {
             self.snapshot_now("scheduled")?;
         }
         Ok(())
