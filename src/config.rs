@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::capture::CaptureOptions;
+use crate::crypto::EncryptionConfig;
 use crate::replica::ReplicaUrl;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,8 @@ struct RawConfig {
     upload_interval: Option<String>,
     #[serde(default)]
     db: Vec<RawDb>,
+    encryption: Option<EncryptionConfig>,
+    storage: Option<crate::crypto::settings::RawStorage>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +59,8 @@ pub struct DbConfig {
 pub struct Config {
     pub capture: CaptureOptions,
     pub dbs: Vec<DbConfig>,
+    /// `[encryption]` (or `[storage.backup.encryption]`), keys not yet parsed.
+    pub encryption: Option<EncryptionConfig>,
 }
 
 impl Config {
@@ -122,7 +127,13 @@ impl Config {
                 replica,
             });
         }
-        Ok(Config { capture, dbs })
+        let encryption =
+            crate::crypto::settings::pick_table(raw.encryption, raw.storage).map_err(invalid)?;
+        Ok(Config {
+            capture,
+            dbs,
+            encryption,
+        })
     }
 }
 

@@ -47,6 +47,8 @@ pub struct CaptureOptions {
     /// Most page records in one segment (a single larger transaction still makes
     /// one segment).
     pub segment_pages: usize,
+    /// Encrypt every object with this key (see `docs/encryption.md`).
+    pub encryption: Option<crate::crypto::Key>,
 }
 
 impl Default for CaptureOptions {
@@ -60,6 +62,7 @@ impl Default for CaptureOptions {
             retain_snapshots: 7,
             segment_pages: 4096,
             upload_interval: None,
+            encryption: None,
         }
     }
 }

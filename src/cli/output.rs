@@ -176,8 +176,12 @@ pub async fn list(store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn verify(store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitCode> {
-    let report = walstream::verify(store).await?;
+pub async fn verify(
+    store: &Arc<dyn ObjectStore>,
+    as_json: bool,
+    keys: &walstream::crypto::Keyring,
+) -> Result<ExitCode> {
+    let report = walstream::verify::verify_with_keys(store, keys).await?;
     if as_json {
         println!(
             "{}",
@@ -187,6 +191,8 @@ pub async fn verify(store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitC
                 "bytes": report.bytes,
                 "commits_checked": report.commits_checked,
                 "problems": report.problems,
+                "unencrypted_objects": report.unencrypted_objects,
+                "keys": report.keys,
             }))?
         );
     } else {
@@ -200,6 +206,7 @@ pub async fn verify(store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitC
                 None => println!("{sev}: {}", p.problem),
             }
         }
+        print_key_usage(&report);
         println!(
             "{}: {} objects, {} bytes, {} commits checked",
             if report.is_ok() { "OK" } else { "FAILED" },
@@ -213,6 +220,26 @@ pub async fn verify(store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitC
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Which keys the replica's objects need: a rotation is complete once no
+/// object needs a previous key.
+fn print_key_usage(report: &walstream::VerifyReport) {
+    for k in &report.keys {
+        println!(
+            "key {}: {} objects, {}",
+            k.key_id,
+            k.objects,
+            if k.available {
+                "key available"
+            } else {
+                "KEY NOT CONFIGURED"
+            }
+        );
+    }
+    if !report.keys.is_empty() && report.unencrypted_objects > 0 {
+        println!("unencrypted: {} objects", report.unencrypted_objects);
+    }
 }
 
 pub async fn status(db: &Path, store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitCode> {
