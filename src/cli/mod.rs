@@ -142,7 +142,7 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", output::error_chain(&e));
             ExitCode::from(1)
         }
     }

@@ -12,6 +12,23 @@ use walstream::catalog::{Catalog, ObjectInfo};
 use walstream::restore::format_time;
 use walstream::{ObjectStore, RestoreError, RestoreOptions};
 
+/// The error and its causes, like `{:#}`, but without repeating a cause the
+/// message already includes (library errors often embed their source).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 pub struct RestoreFlags {
     pub dry_run: bool,
     pub if_replica_exists: bool,
