@@ -73,6 +73,7 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str, expand_env: bool) -> Result<Config, ConfigError> {
+        let unexpanded = text;
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             message,
@@ -82,7 +83,8 @@ impl Config {
         } else {
             text.to_string()
         };
-        let raw: RawConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let raw: RawConfig =
+            toml::from_str(&text).map_err(|e| invalid(parse_error(unexpanded, e)))?;
         let mut capture = CaptureOptions::default();
         if let Some(s) = &raw.snapshot_interval {
             capture.snapshot_interval = parse_duration(s).ok_or_else(|| {
@@ -134,6 +136,16 @@ impl Config {
             dbs,
             encryption,
         })
+    }
+}
+
+/// A parse error without the expanded text: TOML errors quote the offending
+/// line, which may hold a secret put there by `${VAR}` (an encryption key).
+/// The unexpanded text's error, when it has one, points at the same place.
+fn parse_error(unexpanded: &str, e: toml::de::Error) -> String {
+    match toml::from_str::<RawConfig>(unexpanded) {
+        Err(original) => original.to_string(),
+        Ok(_) => format!("after expanding ${{VAR}}s: {}", e.message()),
     }
 }
 

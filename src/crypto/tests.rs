@@ -444,3 +444,19 @@ fn config_accepts_either_encryption_table() {
     let typo = "[encryption]\nenabeld = true\n";
     assert!(Config::parse(Path::new("t"), typo, false).is_err());
 }
+
+#[test]
+fn config_errors_never_quote_an_expanded_key() {
+    use crate::config::Config;
+    use std::path::Path;
+    let secret = key(3).to_base64();
+    std::env::set_var("WALSTREAM_TEST_SECRET_KEY", &secret);
+    for text in [
+        "[encryption]\nkye = \"${WALSTREAM_TEST_SECRET_KEY}\"\n",
+        "[encryption]\nkey = \"${WALSTREAM_TEST_SECRET_KEY}\"\nenabled = \"yes\"\n",
+        "[encryption]\nkey = ${WALSTREAM_TEST_SECRET_KEY}\n",
+    ] {
+        let e = Config::parse(Path::new("t"), text, true).unwrap_err();
+        assert!(!e.to_string().contains(&secret), "{e}");
+    }
+}
