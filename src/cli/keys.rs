@@ -20,6 +20,16 @@ pub fn settings(config: Option<&Config>) -> Result<EncryptionSettings> {
     Ok(resolve(&table)?)
 }
 
+/// The keys that may decrypt, from the config file at `path` (if any) and
+/// the environment.
+pub fn keyring(path: Option<&Path>, expand: bool) -> Result<Keyring> {
+    let config = match path {
+        Some(p) => Some(Config::load(p, expand)?),
+        None => None,
+    };
+    Ok(settings(config.as_ref())?.keyring)
+}
+
 fn resolve(table: &EncryptionConfig) -> Result<EncryptionSettings, walstream::crypto::KeyError> {
     table.resolve(|name| std::env::var(name).ok())
 }

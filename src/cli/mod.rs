@@ -256,11 +256,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             config,
             no_expand_env,
         } => {
-            let config = match config {
-                Some(path) => Some(Config::load(&path, !no_expand_env)?),
-                None => None,
-            };
-            let keys = keys::settings(config.as_ref())?.keyring;
+            let keys = keys::keyring(config.as_deref(), !no_expand_env)?;
             output::verify(&ReplicaUrl::parse(&replica)?.open()?, json, &keys).await
         }
         Command::Keygen => keys::keygen(),
