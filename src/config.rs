@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::capture::CaptureOptions;
+use crate::crypto::EncryptionConfig;
 use crate::replica::{R2Account, ReplicaUrl};
 use crate::retention::RetentionPolicy;
 use crate::schedule::TimeOfDay;
@@ -40,6 +41,8 @@ struct RawConfig {
     cloudflare: Option<RawCloudflare>,
     #[serde(default)]
     db: Vec<RawDb>,
+    encryption: Option<EncryptionConfig>,
+    storage: Option<crate::crypto::settings::RawStorage>,
 }
 
 /// The Cloudflare account for `r2://` replicas (the keys of an R2 API token).
@@ -79,6 +82,8 @@ pub struct DbConfig {
 pub struct Config {
     pub capture: CaptureOptions,
     pub dbs: Vec<DbConfig>,
+    /// `[encryption]` (or `[storage.backup.encryption]`), keys not yet parsed.
+    pub encryption: Option<EncryptionConfig>,
 }
 
 impl Config {
@@ -91,6 +96,7 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str, expand_env: bool) -> Result<Config, ConfigError> {
+        let unexpanded = text;
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             message,
@@ -100,7 +106,8 @@ impl Config {
         } else {
             text.to_string()
         };
-        let raw: RawConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let raw: RawConfig =
+            toml::from_str(&text).map_err(|e| invalid(parse_error(unexpanded, e)))?;
         let mut capture = CaptureOptions::default();
         if let Some(s) = &raw.snapshot_interval {
             capture.snapshot_interval = parse_duration(s).ok_or_else(|| {
@@ -151,7 +158,23 @@ impl Config {
                 replica,
             });
         }
-        Ok(Config { capture, dbs })
+        let encryption =
+            crate::crypto::settings::pick_table(raw.encryption, raw.storage).map_err(invalid)?;
+        Ok(Config {
+            capture,
+            dbs,
+            encryption,
+        })
+    }
+}
+
+/// A parse error without the expanded text: TOML errors quote the offending
+/// line, which may hold a secret put there by `${VAR}` (an encryption key).
+/// The unexpanded text's error, when it has one, points at the same place.
+fn parse_error(unexpanded: &str, e: toml::de::Error) -> String {
+    match toml::from_str::<RawConfig>(unexpanded) {
+        Err(original) => original.to_string(),
+        Ok(_) => format!("after expanding ${{VAR}}s: {}", e.message()),
     }
 }
 

@@ -58,6 +58,12 @@ pub enum CaptureError {
          writing to the same replica? Each database needs its own replica location"
     )]
     Conflict { key: String },
+    #[error(
+        "the replica's newest object is encrypted (key {key_id}) but encryption is not \
+         configured: set WALSTREAM_ENCRYPTION_KEY or the config's [encryption] key, or \
+         replicate into a new replica"
+    )]
+    EncryptionRequired { key_id: String },
     #[error("WAL file {path} shrank while frames up to {frame} were being read")]
     WalShrank { path: PathBuf, frame: u32 },
     #[error("replication stopped: {0}")]

@@ -3,17 +3,21 @@
 //! Object = header (with its own CRC32) + body (an LZ4 frame) + trailer (CRC32 of
 //! the compressed body). A segment's body holds, per commit, `page_count` records of
 //! `pgno u32 BE` + page bytes; a snapshot's body holds pages `1..=db_pages` in order.
+//! With flag bit 1 the LZ4 frame is encrypted in chunks (see `crypto`); the
+//! header stays readable so listing and planning need no key.
 
 use std::io::{self, Read, Write};
 
 use lz4_flex::frame::{FrameDecoder, FrameEncoder};
+
+use crate::crypto::{CryptoError, KeyId, Keyring, Opener};
 
 pub const SEGMENT_MAGIC: [u8; 4] = *b"WSEG";
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"WSNP";
 pub const FORMAT_VERSION: u16 = 1;
 /// Body is an LZ4 frame (always set in version 1).
 pub const FLAG_LZ4: u16 = 1;
-/// Body is encrypted (reserved; never set in version 1).
+/// Body is encrypted: chunks of the LZ4 frame sealed with AES-256-GCM.
 pub const FLAG_ENCRYPTED: u16 = 1 << 1;
 /// The header carries the WAL position after the object's last commit.
 pub const FLAG_WAL_POSITION: u16 = 1 << 2;
@@ -31,8 +35,10 @@ pub enum FormatError {
     BadMagic,
     #[error("unsupported format version {0}")]
     UnsupportedVersion(u16),
-    #[error("object uses unsupported flags {0:#x} (encrypted objects need a newer walstream)")]
+    #[error("object uses unsupported flags {0:#x} (written by a newer walstream?)")]
     UnsupportedFlags(u16),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
     #[error("header checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
     HeaderChecksum { stored: u32, computed: u32 },
     #[error("body checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
@@ -92,6 +98,13 @@ pub struct ObjectHeader {
 }
 
 impl ObjectHeader {
+    pub fn is_encrypted(&self) -> bool {
+        self.flags & FLAG_ENCRYPTED != 0
+    }
+    /// The key an encrypted object was sealed with.
+    pub fn key_id(&self) -> Option<KeyId> {
+        self.is_encrypted().then_some(KeyId(self.key_id))
+    }
     pub fn min_txid(&self) -> u64 {
         self.commits.first().map_or(0, |c| c.txid)
     }
@@ -189,8 +202,13 @@ impl ObjectHeader {
         if stored != computed {
             return Err(FormatError::HeaderChecksum { stored, computed });
         }
-        if flags & FLAG_ENCRYPTED != 0 || flags & FLAG_LZ4 == 0 || flags >> 3 != 0 {
+        if flags & FLAG_LZ4 == 0 || flags >> 3 != 0 {
             return Err(FormatError::UnsupportedFlags(flags));
+        }
+        if (flags & FLAG_ENCRYPTED != 0) != (fixed[8..16] != [0; 8]) {
+            return Err(FormatError::Malformed(
+                "the key id must be set exactly when the body is encrypted".into(),
+            ));
         }
         let header = ObjectHeader {
             kind,
@@ -213,6 +231,14 @@ impl ObjectHeader {
                 .collect(),
         };
         header.validate(be64(&fixed[32..]), be64(&fixed[40..]))?;
+        // The encoded header is the ciphertext's associated data: it must be
+        // exactly the stored bytes, or a change to a field decoding ignores
+        // (like a WAL position without its flag) would go unauthenticated.
+        if header.is_encrypted() && header.encode() != [&fixed[..], &rest[..]].concat() {
+            return Err(FormatError::Malformed(
+                "encrypted object with a non-canonical header".into(),
+            ));
+        }
         Ok(header)
     }
 
@@ -273,10 +299,26 @@ fn read_exact<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), FormatError> {
     })
 }
 
-/// Counts and checksums bytes passing through a writer.
-struct CrcWriter<W> {
+/// Checksums bytes passing through a writer.
+pub(crate) struct CrcWriter<W> {
     inner: W,
     crc: crc32fast::Hasher,
+}
+
+impl<W> CrcWriter<W> {
+    pub(crate) fn new(inner: W) -> CrcWriter<W> {
+        CrcWriter {
+            inner,
+            crc: crc32fast::Hasher::new(),
+        }
+    }
+    /// The inner writer: bytes written there bypass the checksum.
+    pub(crate) fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+    pub(crate) fn crc(&self) -> u32 {
+        self.crc.clone().finalize()
+    }
 }
 
 impl<W: Write> Write for CrcWriter<W> {
@@ -355,9 +397,24 @@ pub fn encode_segment(
     w.finish()
 }
 
+/// Where the LZ4 frame comes from: the stored bytes, or their decryption.
+enum Source<R: Read> {
+    Plain(CrcReader<R>),
+    Sealed(Box<Opener<R>>),
+}
+
+impl<R: Read> Read for Source<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Source::Plain(r) => r.read(buf),
+            Source::Sealed(r) => r.read(buf),
+        }
+    }
+}
+
 /// Streams an object's body back out as page records.
 pub struct BodyReader<R: Read> {
-    decoder: FrameDecoder<CrcReader<R>>,
+    decoder: FrameDecoder<Source<R>>,
     header: ObjectHeader,
     commit: usize,
     left_in_commit: u32,
@@ -373,19 +430,27 @@ pub struct PageRef {
 }
 
 impl<R: Read> BodyReader<R> {
-    /// `r` must be positioned right after the header.
-    pub fn new(r: R, header: ObjectHeader) -> BodyReader<R> {
-        let left = header.commits.first().map_or(0, |c| c.page_count);
-        BodyReader {
-            decoder: FrameDecoder::new(CrcReader {
+    /// `r` must be positioned right after the header. An encrypted body needs
+    /// its key in `keys`; a plain one ignores them.
+    pub fn new(r: R, header: ObjectHeader, keys: &Keyring) -> Result<BodyReader<R>, FormatError> {
+        let source = match header.key_id() {
+            Some(id) => {
+                let key = keys.key_for(id)?;
+                Source::Sealed(Box::new(Opener::new(r, key, &header.encode())?))
+            }
+            None => Source::Plain(CrcReader {
                 inner: r,
                 crc: crc32fast::Hasher::new(),
             }),
+        };
+        let left = header.commits.first().map_or(0, |c| c.page_count);
+        Ok(BodyReader {
+            decoder: FrameDecoder::new(source),
             header,
             commit: 0,
             left_in_commit: left,
             next_snapshot_page: 1,
-        }
+        })
     }
 
     pub fn header(&self) -> &ObjectHeader {
@@ -431,7 +496,8 @@ impl<R: Read> BodyReader<R> {
         self.decoder.read_exact(buf).map_err(map_decode_err)
     }
 
-    /// Checks that the body ends here and that its CRC matches the trailer.
+    /// Checks that the body ends here and that its CRC matches the trailer
+    /// (and, encrypted, that the last chunk was there).
     pub fn finish(mut self) -> Result<(), FormatError> {
         let mut extra = [0u8; 1];
         if self.decoder.read(&mut extra).map_err(map_decode_err)? != 0 {
@@ -439,7 +505,10 @@ impl<R: Read> BodyReader<R> {
                 "body longer than its page records".into(),
             ));
         }
-        let crc_reader = self.decoder.get_mut();
+        let crc_reader = match self.decoder.get_mut() {
+            Source::Plain(r) => r,
+            Source::Sealed(opener) => return opener.finish(),
+        };
         let computed = crc_reader.crc.clone().finalize();
         let mut trailer = [0u8; 4];
         read_exact(&mut crc_reader.inner, &mut trailer)?;
@@ -456,6 +525,10 @@ impl<R: Read> BodyReader<R> {
 }
 
 fn map_decode_err(e: io::Error) -> FormatError {
+    let e = match crate::crypto::unwrap_format_error(e) {
+        Ok(f) => return f,
+        Err(e) => e,
+    };
     match e.kind() {
         io::ErrorKind::UnexpectedEof => FormatError::Truncated,
         _ => FormatError::Decompress(e.to_string()),
@@ -466,10 +539,10 @@ fn map_decode_err(e: io::Error) -> FormatError {
 /// Page records with their bytes.
 pub type Pages = Vec<(PageRef, Vec<u8>)>;
 
-pub fn decode_all(bytes: &[u8]) -> Result<(ObjectHeader, Pages), FormatError> {
+pub fn decode_all(bytes: &[u8], keys: &Keyring) -> Result<(ObjectHeader, Pages), FormatError> {
     let mut cursor = bytes;
     let header = ObjectHeader::decode(&mut cursor)?;
-    let mut reader = BodyReader::new(cursor, header.clone());
+    let mut reader = BodyReader::new(cursor, header.clone(), keys)?;
     let mut pages = Vec::new();
     let mut buf = vec![0u8; header.page_size as usize];
     while let Some(r) = reader.next_page(&mut buf)? {
@@ -525,7 +598,7 @@ mod tests {
 
     #[test]
     fn segment_round_trip() {
-        let (h, pages) = decode_all(&sample()).unwrap();
+        let (h, pages) = decode_all(&sample(), &Keyring::default()).unwrap();
         assert_eq!(h, header());
         let got: Vec<(usize, u32, u8)> = pages
             .iter()
@@ -540,7 +613,10 @@ mod tests {
         for i in 0..good.len() {
             let mut bad = good.clone();
             bad[i] ^= 0x01;
-            assert!(decode_all(&bad).is_err(), "flip at byte {i} went unnoticed");
+            assert!(
+                decode_all(&bad, &Keyring::default()).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
         }
     }
 
@@ -549,7 +625,7 @@ mod tests {
         let good = sample();
         for len in 0..good.len() {
             assert!(
-                decode_all(&good[..len]).is_err(),
+                decode_all(&good[..len], &Keyring::default()).is_err(),
                 "truncation to {len} went unnoticed"
             );
         }

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod checksum;
 pub mod config;
 pub mod control;
+pub mod crypto;
 pub mod error;
 pub mod format;
 pub mod lease;
@@ -24,10 +25,11 @@ pub mod wal;
 
 pub use capture::{replicate_once, CaptureOptions, EngineStatus, Replication};
 pub use catalog::{Catalog, Window};
+pub use crypto::{Key, Keyring};
 pub use error::{CaptureError, RestoreError};
 pub use replica::ReplicaUrl;
 pub use restore::{
     plan_restore, restore, IntegrityCheck, RestoreOptions, RestorePlan, RestoreReport, Target,
 };
 pub use store::{ObjectStore, PutMode};
-pub use verify::{verify, VerifyReport};
+pub use verify::{verify, verify_with_keys, VerifyReport};

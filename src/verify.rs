@@ -4,6 +4,9 @@
 //! Per lineage, the oldest readable snapshot's pages are hashed and every later
 //! segment's pages are replayed on those hashes (8 bytes per page, no disk): each
 //! commit's recorded checksum and each later snapshot's checksum must match.
+//!
+//! Encrypted objects are decrypted with the given keys; the report lists which
+//! key ids the replica's objects need and whether each is available.
 
 use std::sync::Arc;
 
@@ -12,6 +15,7 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::catalog::{check_name, Catalog, Kind, ObjectInfo, Window};
 use crate::checksum::PageHashes;
+use crate::crypto::{KeyId, Keyring};
 use crate::format::{BodyReader, ObjectHeader};
 use crate::store::{ObjectStore, StoreError};
 
@@ -38,13 +42,43 @@ pub struct VerifyReport {
     pub bytes: u64,
     pub commits_checked: u64,
     pub problems: Vec<Problem>,
+    /// Objects stored without encryption.
+    pub unencrypted_objects: usize,
+    /// Every key id the objects were encrypted with, in id order.
+    pub keys: Vec<KeyUsage>,
     #[serde(skip)]
     pub window: Option<Window>,
+}
+
+/// How many objects one key encrypted, and whether that key is configured.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyUsage {
+    pub key_id: String,
+    pub objects: usize,
+    pub available: bool,
 }
 
 impl VerifyReport {
     pub fn is_ok(&self) -> bool {
         !self.problems.iter().any(|p| p.severity == Severity::Error)
+    }
+    fn note_key(&mut self, id: Option<KeyId>, keys: &Keyring) {
+        let Some(id) = id else {
+            self.unencrypted_objects += 1;
+            return;
+        };
+        let key_id = id.to_string();
+        match self.keys.iter_mut().find(|k| k.key_id == key_id) {
+            Some(k) => k.objects += 1,
+            None => {
+                self.keys.push(KeyUsage {
+                    key_id,
+                    objects: 1,
+                    available: keys.find(id).is_some(),
+                });
+                self.keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+            }
+        }
     }
     fn error(&mut self, key: Option<&str>, problem: impl Into<String>) {
         self.push(Severity::Error, key, problem.into());
@@ -58,11 +92,24 @@ impl VerifyReport {
     }
 }
 
-/// Verifies every object in the replica.
+/// Verifies every object in an unencrypted replica (encrypted objects are
+/// reported as needing their key).
 pub async fn verify(store: &Arc<dyn ObjectStore>) -> Result<VerifyReport, StoreError> {
+    verify_with_keys(store, &Keyring::default()).await
+}
+
+/// Verifies every object in the replica, decrypting with `keys`.
+pub async fn verify_with_keys(
+    store: &Arc<dyn ObjectStore>,
+    keys: &Keyring,
+) -> Result<VerifyReport, StoreError> {
     let catalog = Catalog::load(store).await?;
-    let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || verify_blocking(&store, &catalog, &Handle::current()))
+    let ctx = Ctx {
+        store: Arc::clone(store),
+        keys: keys.clone(),
+        rt: Handle::current(),
+    };
+    tokio::task::spawn_blocking(move || verify_blocking(&ctx, &catalog))
         .await
         .map_err(|e| StoreError::Io {
             store: "verify".into(),
@@ -72,11 +119,14 @@ pub async fn verify(store: &Arc<dyn ObjectStore>) -> Result<VerifyReport, StoreE
         })?
 }
 
-fn verify_blocking(
-    store: &Arc<dyn ObjectStore>,
-    catalog: &Catalog,
-    rt: &Handle,
-) -> Result<VerifyReport, StoreError> {
+/// What reading objects needs.
+struct Ctx {
+    store: Arc<dyn ObjectStore>,
+    keys: Keyring,
+    rt: Handle,
+}
+
+fn verify_blocking(ctx: &Ctx, catalog: &Catalog) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport {
         window: catalog.window(),
         ..Default::default()
@@ -97,7 +147,7 @@ fn verify_blocking(
     lineages.sort_unstable();
     lineages.dedup();
     for lineage in lineages {
-        verify_lineage(store, catalog, lineage, rt, &mut report)?;
+        verify_lineage(ctx, catalog, lineage, &mut report)?;
     }
     check_window(catalog, &mut report);
     Ok(report)
@@ -117,10 +167,9 @@ fn lineage_objects(catalog: &Catalog, lineage: u64) -> Vec<&ObjectInfo> {
 }
 
 fn verify_lineage(
-    store: &Arc<dyn ObjectStore>,
+    ctx: &Ctx,
     catalog: &Catalog,
     lineage: u64,
-    rt: &Handle,
     report: &mut VerifyReport,
 ) -> Result<(), StoreError> {
     // Replayed state: hashes at txid `at`, when a readable snapshot started it.
@@ -130,7 +179,7 @@ fn verify_lineage(
         report.bytes += obj.size;
         match obj.kind {
             Kind::Snapshot => {
-                let Some((header, hashes)) = read_snapshot(store, obj, rt, report)? else {
+                let Some((header, hashes)) = read_snapshot(ctx, obj, report)? else {
                     continue;
                 };
                 let checksum = header.commits[0].checksum;
@@ -148,7 +197,7 @@ fn verify_lineage(
                 }
             }
             Kind::Segment => {
-                let Some((header, records)) = read_segment(store, obj, report)? else {
+                let Some((header, records)) = read_segment(ctx, obj, report)? else {
                     state = None;
                     continue;
                 };
@@ -216,12 +265,11 @@ fn replay(
 }
 
 fn read_snapshot(
-    store: &Arc<dyn ObjectStore>,
+    ctx: &Ctx,
     obj: &ObjectInfo,
-    rt: &Handle,
     report: &mut VerifyReport,
 ) -> Result<Option<(ObjectHeader, PageHashes)>, StoreError> {
-    let reader = match rt.block_on(store.get_reader(&obj.key)) {
+    let reader = match ctx.rt.block_on(ctx.store.get_reader(&obj.key)) {
         Ok(r) => r,
         Err(e) if e.is_not_found() => {
             report.error(Some(&obj.key), "object vanished during verification");
@@ -231,13 +279,14 @@ fn read_snapshot(
     };
     let mut sync = std::io::BufReader::with_capacity(
         1 << 20,
-        SyncIoBridge::new_with_handle(reader, rt.clone()),
+        SyncIoBridge::new_with_handle(reader, ctx.rt.clone()),
     );
     let result = (|| {
         let header = ObjectHeader::decode(&mut sync)?;
         check_name(obj, &header)
             .map_err(|e| crate::format::FormatError::Malformed(e.to_string()))?;
-        let mut body = BodyReader::new(&mut sync, header.clone());
+        report.note_key(header.key_id(), &ctx.keys);
+        let mut body = BodyReader::new(&mut sync, header.clone(), &ctx.keys)?;
         let mut hashes = PageHashes::new(header.page_size);
         let mut page = vec![0u8; header.page_size as usize];
         while let Some(r) = body.next_page(&mut page)? {
@@ -269,11 +318,11 @@ fn read_snapshot(
 type SegmentRecords = Vec<(usize, u32, u64)>;
 
 fn read_segment(
-    store: &Arc<dyn ObjectStore>,
+    ctx: &Ctx,
     obj: &ObjectInfo,
     report: &mut VerifyReport,
 ) -> Result<Option<(ObjectHeader, SegmentRecords)>, StoreError> {
-    let bytes = match Handle::current().block_on(store.get(&obj.key)) {
+    let bytes = match ctx.rt.block_on(ctx.store.get(&obj.key)) {
         Ok(b) => b,
         Err(e) if e.is_not_found() => {
             report.error(Some(&obj.key), "object vanished during verification");
@@ -286,7 +335,8 @@ fn read_segment(
         let header = ObjectHeader::decode(&mut cursor)?;
         check_name(obj, &header)
             .map_err(|e| crate::format::FormatError::Malformed(e.to_string()))?;
-        let mut body = BodyReader::new(cursor, header.clone());
+        report.note_key(header.key_id(), &ctx.keys);
+        let mut body = BodyReader::new(cursor, header.clone(), &ctx.keys)?;
         let mut page = vec![0u8; header.page_size as usize];
         let mut records = Vec::new();
         while let Some(r) = body.next_page(&mut page)? {

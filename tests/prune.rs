@@ -223,6 +223,7 @@ fn restore_racing_a_prune(
         force: false,
         integrity_check: walstream::IntegrityCheck::Quick,
         progress: None,
+        keys: walstream::Keyring::default(),
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let r = rt.block_on(walstream::restore(&dyn_store, &opts));

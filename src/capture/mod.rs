@@ -55,6 +55,8 @@ pub struct CaptureOptions {
     pub segment_pages: usize,
     /// The replica's single-writer lease (see [`crate::lease`]).
     pub lease: LeaseTimes,
+    /// Encrypt every object with this key (see `docs/encryption.md`).
+    pub encryption: Option<crate::crypto::Key>,
 }
 
 impl Default for CaptureOptions {
@@ -70,6 +72,7 @@ impl Default for CaptureOptions {
             segment_pages: 4096,
             upload_interval: None,
             lease: LeaseTimes::default(),
+            encryption: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Maps command-line arguments to library calls.
 
+mod keys;
 mod output;
 mod prune;
 
@@ -100,6 +101,21 @@ enum Command {
         replica: String,
         #[arg(long)]
         json: bool,
+        /// Read encryption keys from this config file (else the environment).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        no_expand_env: bool,
+    },
+    /// Print a new random encryption key (base64).
+    Keygen,
+    /// Turn one downloaded encrypted object into its plain form.
+    Decrypt {
+        /// Environment variable holding the key (base64).
+        #[arg(long, default_value = walstream::crypto::KEY_ENV)]
+        key_env: String,
+        input: PathBuf,
+        output: PathBuf,
     },
     /// Delete snapshots no retention rule keeps, and segments no kept snapshot needs.
     Prune {
@@ -153,7 +169,7 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", output::error_chain(&e));
             ExitCode::from(1)
         }
     }
@@ -211,7 +227,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             config,
             no_expand_env,
         } => {
-            let (out, url) = restore_paths(replica, output, config, !no_expand_env)?;
+            let (out, url, keys) = restore_paths(replica, output, config, !no_expand_env)?;
             let target = match (timestamp, txid) {
                 (Some(t), _) => Target::Time(parse_time(&t)?),
                 (None, Some(n)) => Target::Txid(n),
@@ -233,6 +249,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 force,
                 integrity_check: check,
                 progress: None,
+                keys,
             };
             output::restore(&url.open()?, opts, flags).await
         }
@@ -246,7 +263,11 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                     .snapshot
                     .ok_or_else(|| anyhow!(reply.error.unwrap_or_default()))?
             } else {
-                walstream::replicate_once(&db, url.open()?, CaptureOptions::default(), true)
+                let opts = CaptureOptions {
+                    encryption: keys::settings(None)?.encrypt_with,
+                    ..CaptureOptions::default()
+                };
+                walstream::replicate_once(&db, url.open()?, opts, true)
                     .await?
                     .ok_or_else(|| anyhow!("no snapshot was taken"))?
             };
@@ -256,8 +277,14 @@ async fn run(cmd: Command) -> Result<ExitCode> {
         Command::List { replica, json } => {
             output::list(&ReplicaUrl::parse(&replica)?.open()?, json).await
         }
-        Command::Verify { replica, json } => {
-            output::verify(&ReplicaUrl::parse(&replica)?.open()?, json).await
+        Command::Verify {
+            replica,
+            json,
+            config,
+            no_expand_env,
+        } => {
+            let keys = keys::keyring(config.as_deref(), !no_expand_env)?;
+            output::verify(&ReplicaUrl::parse(&replica)?.open()?, json, &keys).await
         }
         Command::Prune {
             replica,
@@ -294,6 +321,12 @@ async fn run(cmd: Command) -> Result<ExitCode> {
         Command::Unpin { replica, snapshot } => {
             prune::set_pin(&ReplicaUrl::parse(&replica)?.open()?, &snapshot, false).await
         }
+        Command::Keygen => keys::keygen(),
+        Command::Decrypt {
+            key_env,
+            input,
+            output,
+        } => keys::decrypt(&key_env, &input, &output),
         Command::Status { db, replica, json } => {
             let db = std::path::absolute(&db)?;
             output::status(&db, &ReplicaUrl::parse(&replica)?.open()?, json).await
@@ -311,16 +344,23 @@ fn targets(
     match (db, replica, config) {
         (Some(db), Some(r), None) => Ok((
             vec![(db, ReplicaUrl::parse(&r)?)],
-            CaptureOptions::default(),
+            CaptureOptions {
+                encryption: keys::settings(None)?.encrypt_with,
+                ..CaptureOptions::default()
+            },
         )),
         (None, None, Some(path)) => {
             let c = Config::load(&path, expand)?;
             if c.dbs.is_empty() {
                 bail!("config {} lists no [[db]]", path.display());
             }
+            let encryption = keys::settings(Some(&c))?.encrypt_with;
             Ok((
                 c.dbs.into_iter().map(|d| (d.path, d.replica)).collect(),
-                c.capture,
+                CaptureOptions {
+                    encryption,
+                    ..c.capture
+                },
             ))
         }
         (Some(_), None, None) => {
@@ -335,11 +375,13 @@ fn restore_paths(
     output: Option<PathBuf>,
     config: Option<PathBuf>,
     expand: bool,
-) -> Result<(PathBuf, ReplicaUrl)> {
-    let from_config = match &config {
-        Some(path) => Config::load(path, expand)?.dbs.into_iter().next(),
+) -> Result<(PathBuf, ReplicaUrl, walstream::crypto::Keyring)> {
+    let config = match &config {
+        Some(path) => Some(Config::load(path, expand)?),
         None => None,
     };
+    let keys = keys::settings(config.as_ref())?.keyring;
+    let from_config = config.and_then(|c| c.dbs.into_iter().next());
     let out = output
         .or_else(|| from_config.as_ref().map(|d| d.path.clone()))
         .ok_or_else(|| anyhow!("missing -o OUT (the file to restore into)"))?;
@@ -348,7 +390,7 @@ fn restore_paths(
         (None, Some(d)) => d.replica,
         (None, None) => bail!("missing REPLICA_URL"),
     };
-    Ok((out, url))
+    Ok((out, url, keys))
 }
 
 /// Options with the replica's defaults filled in where the config set none.

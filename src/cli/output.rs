@@ -12,6 +12,23 @@ use walstream::catalog::{Catalog, ObjectInfo};
 use walstream::restore::format_time;
 use walstream::{ObjectStore, RestoreError, RestoreOptions};
 
+/// The error and its causes, like `{:#}`, but without repeating a cause the
+/// message already includes (library errors often embed their source).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 pub struct RestoreFlags {
     pub dry_run: bool,
     pub if_replica_exists: bool,
@@ -176,8 +193,12 @@ pub async fn list(store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn verify(store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitCode> {
-    let report = walstream::verify(store).await?;
+pub async fn verify(
+    store: &Arc<dyn ObjectStore>,
+    as_json: bool,
+    keys: &walstream::crypto::Keyring,
+) -> Result<ExitCode> {
+    let report = walstream::verify::verify_with_keys(store, keys).await?;
     if as_json {
         println!(
             "{}",
@@ -187,6 +208,8 @@ pub async fn verify(store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitC
                 "bytes": report.bytes,
                 "commits_checked": report.commits_checked,
                 "problems": report.problems,
+                "unencrypted_objects": report.unencrypted_objects,
+                "keys": report.keys,
             }))?
         );
     } else {
@@ -200,6 +223,7 @@ pub async fn verify(store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitC
                 None => println!("{sev}: {}", p.problem),
             }
         }
+        print_key_usage(&report);
         println!(
             "{}: {} objects, {} bytes, {} commits checked",
             if report.is_ok() { "OK" } else { "FAILED" },
@@ -213,6 +237,26 @@ pub async fn verify(store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitC
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Which keys the replica's objects need: a rotation is complete once no
+/// object needs a previous key.
+fn print_key_usage(report: &walstream::VerifyReport) {
+    for k in &report.keys {
+        println!(
+            "key {}: {} objects, {}",
+            k.key_id,
+            k.objects,
+            if k.available {
+                "key available"
+            } else {
+                "KEY NOT CONFIGURED"
+            }
+        );
+    }
+    if !report.keys.is_empty() && report.unencrypted_objects > 0 {
+        println!("unencrypted: {} objects", report.unencrypted_objects);
+    }
 }
 
 pub async fn status(db: &Path, store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitCode> {

@@ -13,6 +13,7 @@ use super::plan::RestorePlan;
 use super::RestoreOptions;
 use crate::catalog::{check_name, ObjectInfo};
 use crate::checksum::PageHashes;
+use crate::crypto::Keyring;
 use crate::error::RestoreError;
 use crate::format::{BodyReader, FormatError, ObjectHeader, ObjectKind};
 use crate::store::ObjectStore;
@@ -59,13 +60,20 @@ impl From<RestoreError> for Failure {
     }
 }
 
+/// A missing or wrong key is not damage: planning around the object would
+/// only hide what the user has to fix.
 fn damaged(key: &str, source: FormatError) -> Failure {
+    let key_problem = matches!(&source, FormatError::Crypto(c) if c.is_key_problem());
+    let error = RestoreError::Format {
+        key: key.to_string(),
+        source,
+    };
+    if key_problem {
+        return Failure::Fatal(error);
+    }
     Failure::Damaged {
         key: key.to_string(),
-        error: RestoreError::Format {
-            key: key.to_string(),
-            source,
-        },
+        error,
     }
 }
 
@@ -99,6 +107,24 @@ fn sidecars(path: &Path, with_main: bool) -> Vec<PathBuf> {
     out
 }
 
+/// A hidden, unique path in the directory of `out`, where a file can be
+/// completed before it is published as `out` (same file system, so a link
+/// or rename publishes it atomically).
+pub fn temp_beside(out: &Path, purpose: &str) -> PathBuf {
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.join(format!(
+        ".{name}.walstream-{purpose}-{:016x}",
+        rand::random::<u64>()
+    ))
+}
+
 pub(super) fn execute(
     store: &Arc<dyn ObjectStore>,
     plan: &RestorePlan,
@@ -110,19 +136,8 @@ pub(super) fn execute(
         let path = path.to_path_buf();
         move |source| RestoreError::Io { path, source }
     };
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     let mut tmp = TempOutput {
-        path: dir.join(format!(
-            ".{name}.walstream-restore-{:016x}",
-            rand::random::<u64>()
-        )),
+        path: temp_beside(out, "restore"),
         published: false,
     };
     let file = OpenOptions::new()
@@ -138,14 +153,15 @@ pub(super) fn execute(
         }
     };
     let mut done = 0u64;
-    let (snap_header, mut pages) = write_snapshot(&rt, store, &plan.snapshot, &file, &tmp.path)?;
+    let (snap_header, mut pages) =
+        write_snapshot(&rt, store, &plan.snapshot, &file, &tmp.path, &opts.keys)?;
     done += plan.snapshot.size;
     progress(done);
     let page_size = snap_header.page_size;
     let mut last = snap_header.commits[0];
     for seg in &plan.segments {
         last = apply_segment(
-            &rt, store, seg, plan, &file, &tmp.path, page_size, &mut pages, last,
+            &rt, store, seg, plan, &file, &tmp.path, page_size, &mut pages, last, &opts.keys,
         )?;
         done += seg.size;
         progress(done);
@@ -194,6 +210,7 @@ fn write_snapshot(
     info: &ObjectInfo,
     file: &File,
     path: &Path,
+    keys: &Keyring,
 ) -> Result<(ObjectHeader, u32), Failure> {
     let reader = rt
         .block_on(store.get_reader(&info.key))
@@ -223,7 +240,8 @@ fn write_snapshot(
         ));
     }
     let commit = header.commits[0];
-    let mut body = BodyReader::new(sync, header.clone());
+    let mut body =
+        BodyReader::new(sync, header.clone(), keys).map_err(|e| damaged(&info.key, e))?;
     let mut hashes = PageHashes::new(header.page_size);
     let mut page = vec![0u8; header.page_size as usize];
     let mut out = BufWriter::with_capacity(1 << 20, file);
@@ -262,6 +280,7 @@ fn apply_segment(
     page_size: u32,
     pages: &mut u32,
     mut last: crate::format::CommitRecord,
+    keys: &Keyring,
 ) -> Result<crate::format::CommitRecord, Failure> {
     let bytes = rt.block_on(store.get(&info.key)).map_err(|e| match e {
         e if e.is_not_found() => Failure::Damaged {
@@ -281,7 +300,8 @@ fn apply_segment(
         ));
     }
     // Decode and check the whole segment before writing any of it.
-    let mut body = BodyReader::new(cursor, header.clone());
+    let mut body =
+        BodyReader::new(cursor, header.clone(), keys).map_err(|e| damaged(&info.key, e))?;
     let mut page = vec![0u8; page_size as usize];
     let mut records = Vec::new();
     while let Some(r) = body

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::catalog::Catalog;
+use crate::crypto::Keyring;
 use crate::error::RestoreError;
 use crate::store::ObjectStore;
 
-pub use execute::{IntegrityCheck, RestoreReport};
+pub use execute::{temp_beside, IntegrityCheck, RestoreReport};
 pub use plan::{format_time, plan_txid, resolve_target, RestorePlan, Target};
 
 /// Plans made again after planned objects vanished (pruned during the restore).
@@ -29,6 +30,8 @@ pub struct RestoreOptions {
     pub force: bool,
     pub integrity_check: IntegrityCheck,
     pub progress: Option<ProgressFn>,
+    /// Keys for encrypted objects (empty: the replica must be unencrypted).
+    pub keys: Keyring,
 }
 
 impl std::fmt::Debug for RestoreOptions {
@@ -38,6 +41,7 @@ impl std::fmt::Debug for RestoreOptions {
             .field("target", &self.target)
             .field("force", &self.force)
             .field("integrity_check", &self.integrity_check)
+            .field("keys", &self.keys)
             .finish()
     }
 }

@@ -1061,10 +1061,40 @@ pub fn assert_integrity(path: &Path) {
 
 /// `walstream restore -o OUT [extra...] REPLICA`.
 pub fn restore(replica: &str, out: &Path, extra: &[&str]) -> Output {
+    restore_env(replica, out, extra, &[])
+}
+
+/// [`restore`] with extra environment variables (encryption keys).
+pub fn restore_env(replica: &str, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let mut args: Vec<OsString> = vec!["restore".into(), "-o".into(), out.into()];
     args.extend(extra.iter().map(OsString::from));
     args.push(replica.into());
-    walstream(args)
+    walstream_env(args, env)
+}
+
+/// Every object in a replica (local or S3) with its bytes, read through the
+/// library's store, sorted by key.
+pub fn replica_objects(replica: &str) -> Vec<(String, Vec<u8>)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let url = walstream::ReplicaUrl::parse(replica).expect("a replica URL");
+    let store = url.open().expect("opening the replica");
+    rt.block_on(async {
+        let mut out = Vec::new();
+        for meta in store.list("").await.expect("listing the replica") {
+            let bytes = store.get(&meta.key).await.expect("reading an object");
+            out.push((meta.key, bytes.to_vec()));
+        }
+        out.sort();
+        out
+    })
+}
+
+/// Whether `needle` occurs anywhere in `hay`.
+pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Restores and returns the digest of the result, asserting success.

@@ -1,6 +1,7 @@
 //! The capture engine: ship commits, checkpoint; start-up in `start`, snapshots
 //! in `snapshot`.
 
+mod encrypt;
 mod lease;
 mod snapshot;
 mod start;
@@ -500,12 +501,13 @@ impl Engine {
     /// had succeeded) counts as success.
     fn put_create_only(&mut self, key: &str, bytes: Vec<u8>) -> Result<(), CaptureError> {
         self.ensure_lease()?;
-        let body = Bytes::from(bytes);
-        match self.block_on(self.store.put(key, body.clone(), PutMode::CreateOnly)) {
+        let plain = Bytes::from(bytes);
+        let body = self.seal_segment(key, &plain)?;
+        match self.block_on(self.store.put(key, body, PutMode::CreateOnly)) {
             Ok(()) => Ok(()),
             Err(StoreError::AlreadyExists { .. }) => {
                 let existing = self.block_on(self.store.get(key))?;
-                if existing == body {
+                if self.holds_same(&existing, &plain) {
                     Ok(())
                 } else {
                     Err(CaptureError::Conflict {

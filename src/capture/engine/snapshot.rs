@@ -94,11 +94,18 @@ impl Engine {
         if !overlay.is_empty() {
             self.verify_wal_unchanged(&wal_path, pos)?;
         }
+        let sealed = match self.opts.encryption {
+            Some(_) => {
+                let s = Spool::create(&state_dir(&db_path))?;
+                self.seal_spool(&mut file, &spool.path, &s.file, &s.path)?;
+                Some(s)
+            }
+            None => None,
+        };
         let key = snapshot_key(txid, lineage, time);
         self.ensure_lease()?;
-        let put = self
-            .store
-            .put_file(&key, spool.path.clone(), PutMode::CreateOnly);
+        let upload = sealed.as_ref().unwrap_or(&spool).path.clone();
+        let put = self.store.put_file(&key, upload, PutMode::CreateOnly);
         match self.block_on(put) {
             // Same txid, lineage and time: this very state is already stored.
             Ok(()) | Err(StoreError::AlreadyExists { .. }) => Ok((key, hashes)),

@@ -60,6 +60,7 @@ impl Engine {
             ),
             None => None,
         };
+        self.check_encryption_continuity(newest.as_ref())?;
         let src = self.src()?;
         if !src.lock_writers()? {
             return Err(CaptureError::Stopped(
