@@ -21,7 +21,7 @@ source "$SEAWEEDFS_ENV_FILE"
 # none of their own), then one summary line over all test binaries.
 log="$(mktemp)"
 status=0
-cargo test --locked --lib --tests -- --test-threads=2 2>&1 | tee "$log" || status=$?
+cargo test --locked --no-fail-fast --lib --tests -- --test-threads=2 2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "walstream: %d passed, %d failed\n", p, f }' "$log"
 rm -f "$log"

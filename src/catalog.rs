@@ -194,17 +194,27 @@ impl Catalog {
         snapshot: &'a ObjectInfo,
         exclude: &HashSet<String>,
     ) -> Chain<'a> {
+        // Greedy by reach: where a compacted segment overlaps the small ones it
+        // was made from, the one reaching furthest is taken. Segments are
+        // sorted by first txid, so one pass finds every candidate.
         let mut segments = Vec::new();
         let mut end = snapshot.max_txid;
-        for seg in &self.segments {
-            if seg.lineage != snapshot.lineage || exclude.contains(&seg.key) {
-                continue;
+        let usable = |s: &ObjectInfo| s.lineage == snapshot.lineage && !exclude.contains(&s.key);
+        let mut best: Option<&ObjectInfo> = None;
+        let mut i = 0;
+        loop {
+            while let Some(seg) = self.segments.get(i).filter(|s| s.min_txid <= end + 1) {
+                if usable(seg) && seg.max_txid > best.map_or(end, |b| b.max_txid) {
+                    best = Some(seg);
+                }
+                i += 1;
             }
-            if seg.min_txid <= end + 1 && seg.max_txid > end {
-                segments.push(seg);
-                end = seg.max_txid;
-            } else if seg.min_txid > end + 1 {
-                break;
+            match best.take() {
+                Some(seg) => {
+                    segments.push(seg);
+                    end = seg.max_txid;
+                }
+                None => break,
             }
         }
         Chain { snapshot, segments }
@@ -265,6 +275,34 @@ mod tests {
         let s = parse_key(&snapshot_key(7, 3, 12), 1).unwrap();
         assert_eq!((s.kind, s.max_txid, s.max_time_ms), (Kind::Snapshot, 7, 12));
         assert!(parse_key("segments/garbage.wseg", 0).is_none());
+    }
+
+    #[test]
+    fn chains_take_the_segment_reaching_furthest() {
+        // 2..=9 compacted from the small ones, which are still there.
+        let cat = Catalog::from_keys(
+            &[
+                snapshot_key(1, 1, 0),
+                segment_key(2, 3, 1, 1, 2),
+                segment_key(2, 9, 1, 1, 8),
+                segment_key(4, 6, 1, 3, 5),
+                segment_key(7, 9, 1, 6, 8),
+                segment_key(10, 10, 1, 9, 9),
+            ],
+            1,
+        );
+        let chain = cat.chain_from(&cat.snapshots[0], &HashSet::new());
+        let ranges: Vec<(u64, u64)> = chain
+            .segments
+            .iter()
+            .map(|s| (s.min_txid, s.max_txid))
+            .collect();
+        assert_eq!(ranges, vec![(2, 9), (10, 10)]);
+        // Without the compacted one, the small ones still make the chain.
+        let exclude = HashSet::from([segment_key(2, 9, 1, 1, 8)]);
+        let chain = cat.chain_from(&cat.snapshots[0], &exclude);
+        assert_eq!(chain.segments.len(), 4);
+        assert_eq!(chain.max_txid(), 10);
     }
 
     #[test]

@@ -37,6 +37,7 @@ struct RawConfig {
     keep_monthly: Option<usize>,
     min_snapshots: Option<usize>,
     checkpoint_pages: Option<u32>,
+    compact_segments: Option<usize>,
     upload_interval: Option<String>,
     cloudflare: Option<RawCloudflare>,
     #[serde(default)]
@@ -131,6 +132,9 @@ impl Config {
             })?);
         }
         capture.retention = retention_policy(&raw).map_err(invalid)?;
+        if let Some(n) = raw.compact_segments {
+            capture.compact_segments = n;
+        }
         if let Some(n) = raw.checkpoint_pages {
             capture.checkpoint_pages = n.max(1);
         }

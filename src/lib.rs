@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod catalog;
 pub mod checksum;
+pub mod compaction;
 pub mod config;
 pub mod control;
 pub mod crypto;

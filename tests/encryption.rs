@@ -258,7 +258,7 @@ fn decrypt_gives_plain_objects_that_restore_without_a_key() {
     once(&env.db, &replica, &[(KEY_ENV, &key)]).assert_success();
 
     let plain_dir = env.subdir("plain");
-    for (name, _) in replica_objects(&replica) {
+    for (name, _) in data_objects(&replica) {
         let src = env.replica.join(&name);
         let dst = plain_dir.join(&name);
         std::fs::create_dir_all(dst.parent().expect("object in a folder")).expect("mkdir");
@@ -272,7 +272,7 @@ fn decrypt_gives_plain_objects_that_restore_without_a_key() {
     walstream_env(["verify", &plain], &[(KEY_ENV, "")]).assert_success();
 
     // Wrong key, missing variable, plain input: an error and no output.
-    let (name, _) = &replica_objects(&replica)[0];
+    let (name, _) = &data_objects(&replica)[0];
     let src = env.replica.join(name);
     let dst = env.path("decrypted.wseg");
     decrypt("MY_KEY", &src, &dst, &[("MY_KEY", &other)])
@@ -352,4 +352,12 @@ fn s3_encrypted_replica_never_holds_page_contents() {
     restore_env(&replica, &env.path("nokey.db"), &[], &[(KEY_ENV, "")])
         .assert_failure()
         .assert_mentions("no encryption key is configured");
+}
+
+/// The segments and snapshots of a replica (not its lease or pin markers).
+fn data_objects(replica: &str) -> Vec<(String, Vec<u8>)> {
+    replica_objects(replica)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("segments/") || name.starts_with("snapshots/"))
+        .collect()
 }

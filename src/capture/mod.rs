@@ -4,6 +4,7 @@
 //! calls the async object store through a runtime handle. See
 //! `docs/architecture.md` for why no committed transaction can be lost.
 
+mod compactor;
 mod engine;
 mod lock;
 pub(crate) mod source;
@@ -53,6 +54,9 @@ pub struct CaptureOptions {
     /// Most page records in one segment (a single larger transaction still makes
     /// one segment).
     pub segment_pages: usize,
+    /// Merge every this many shipped segments into one (see
+    /// [`crate::compaction`]); below 2, no compaction.
+    pub compact_segments: usize,
     /// The replica's single-writer lease (see [`crate::lease`]).
     pub lease: LeaseTimes,
     /// Encrypt every object with this key (see `docs/encryption.md`).
@@ -71,6 +75,7 @@ impl Default for CaptureOptions {
             retention: RetentionPolicy::default(),
             segment_pages: 4096,
             upload_interval: None,
+            compact_segments: 512,
             lease: LeaseTimes::default(),
             encryption: None,
         }

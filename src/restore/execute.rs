@@ -15,7 +15,7 @@ use crate::catalog::{check_name, ObjectInfo};
 use crate::checksum::PageHashes;
 use crate::crypto::Keyring;
 use crate::error::RestoreError;
-use crate::format::{BodyReader, FormatError, ObjectHeader, ObjectKind};
+use crate::format::{BodyReader, CommitRecord, FormatError, ObjectHeader, ObjectKind};
 use crate::store::ObjectStore;
 
 /// Which check SQLite runs on the restored database before it is published.
@@ -153,19 +153,25 @@ pub(super) fn execute(
         }
     };
     let mut done = 0u64;
-    let (snap_header, mut pages) =
+    let (snap_header, pages) =
         write_snapshot(&rt, store, &plan.snapshot, &file, &tmp.path, &opts.keys)?;
     done += plan.snapshot.size;
     progress(done);
     let page_size = snap_header.page_size;
-    let mut last = snap_header.commits[0];
+    let mut applied = Applied {
+        file: &file,
+        path: &tmp.path,
+        page_size,
+        target: plan.target_txid,
+        pages,
+        last: snap_header.commits[0],
+    };
     for seg in &plan.segments {
-        last = apply_segment(
-            &rt, store, seg, plan, &file, &tmp.path, page_size, &mut pages, last, &opts.keys,
-        )?;
+        apply_segment(&rt, store, seg, plan, &mut applied, &opts.keys)?;
         done += seg.size;
         progress(done);
     }
+    let last = applied.last;
     if last.txid != plan.target_txid {
         return Err(Failure::Fatal(RestoreError::NoChain {
             target: format!("txid {}", plan.target_txid),
@@ -269,84 +275,127 @@ fn write_snapshot(
     Ok((header, commit.db_pages))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where the output stands while segments are applied.
+struct Applied<'a> {
+    file: &'a File,
+    path: &'a Path,
+    page_size: u32,
+    target: u64,
+    /// Pages in the output now.
+    pages: u32,
+    /// The last commit applied.
+    last: CommitRecord,
+}
+
+impl Applied<'_> {
+    fn io(&self, source: std::io::Error) -> Failure {
+        Failure::Fatal(RestoreError::Io {
+            path: self.path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Whether `c`'s pages are to be written: false for a commit already
+    /// applied (a compacted segment overlapping the one before it) or after
+    /// the target.
+    fn wanted(&self, key: &str, c: &CommitRecord) -> Result<bool, Failure> {
+        if c.txid <= self.last.txid || c.txid > self.target {
+            return Ok(false);
+        }
+        if c.txid != self.last.txid + 1 {
+            return Err(damaged(
+                key,
+                FormatError::Malformed(format!("txid {} follows {}", c.txid, self.last.txid)),
+            ));
+        }
+        Ok(true)
+    }
+
+    /// Ends commit `c` once all its pages are written.
+    fn finish_commit(&mut self, key: &str, c: &CommitRecord) -> Result<(), Failure> {
+        if !self.wanted(key, c)? {
+            return Ok(());
+        }
+        if c.db_pages < self.pages {
+            self.file
+                .set_len(u64::from(c.db_pages) * u64::from(self.page_size))
+                .map_err(|e| self.io(e))?;
+        }
+        self.pages = c.db_pages;
+        self.last = *c;
+        Ok(())
+    }
+}
+
+/// Streams one segment into the output: pages are written as they are
+/// decoded, so memory stays one page whatever the segment's size. A segment
+/// found damaged part-way fails the whole attempt, whose output is discarded.
 fn apply_segment(
     rt: &Handle,
     store: &Arc<dyn ObjectStore>,
     info: &ObjectInfo,
     plan: &RestorePlan,
-    file: &File,
-    path: &Path,
-    page_size: u32,
-    pages: &mut u32,
-    mut last: crate::format::CommitRecord,
+    out: &mut Applied<'_>,
     keys: &Keyring,
-) -> Result<crate::format::CommitRecord, Failure> {
-    let bytes = rt.block_on(store.get(&info.key)).map_err(|e| match e {
+) -> Result<(), Failure> {
+    let key = info.key.as_str();
+    let reader = rt.block_on(store.get_reader(key)).map_err(|e| match e {
         e if e.is_not_found() => Failure::Damaged {
-            key: info.key.clone(),
+            key: key.to_string(),
             error: e.into(),
         },
         e => Failure::Fatal(e.into()),
     })?;
-    let mut cursor = &bytes[..];
-    let header = ObjectHeader::decode(&mut cursor).map_err(|e| damaged(&info.key, e))?;
-    check_name(info, &header)
-        .map_err(|e| damaged(&info.key, FormatError::Malformed(e.to_string())))?;
-    if header.page_size != page_size || header.lineage != plan.lineage {
+    let mut sync = std::io::BufReader::with_capacity(
+        1 << 20,
+        SyncIoBridge::new_with_handle(reader, rt.clone()),
+    );
+    let header = ObjectHeader::decode(&mut sync).map_err(|e| damaged(key, e))?;
+    check_name(info, &header).map_err(|e| damaged(key, FormatError::Malformed(e.to_string())))?;
+    if header.page_size != out.page_size || header.lineage != plan.lineage {
         return Err(damaged(
-            &info.key,
+            key,
             FormatError::Malformed("page size or lineage differs from the snapshot".into()),
         ));
     }
-    // Decode and check the whole segment before writing any of it.
-    let mut body =
-        BodyReader::new(cursor, header.clone(), keys).map_err(|e| damaged(&info.key, e))?;
-    let mut page = vec![0u8; page_size as usize];
-    let mut records = Vec::new();
-    while let Some(r) = body
-        .next_page(&mut page)
-        .map_err(|e| damaged(&info.key, e))?
-    {
-        records.push((r, page.clone()));
-    }
-    body.finish().map_err(|e| damaged(&info.key, e))?;
-    let io = |source| {
-        Failure::Fatal(RestoreError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
-    let mut next = 0;
-    for (i, commit) in header.commits.iter().enumerate() {
-        let start = next;
-        while next < records.len() && records[next].0.commit == i {
-            next += 1;
+    let commits = header.commits.clone();
+    let mut body = BodyReader::new(sync, header, keys).map_err(|e| damaged(key, e))?;
+    let mut page = vec![0u8; out.page_size as usize];
+    let mut ended = 0;
+    let mut stopped_early = false;
+    while let Some(r) = body.next_page(&mut page).map_err(|e| damaged(key, e))? {
+        while ended < r.commit {
+            out.finish_commit(key, &commits[ended])?;
+            ended += 1;
         }
-        if commit.txid <= last.txid {
-            continue;
-        }
-        if commit.txid > plan.target_txid {
+        let c = &commits[r.commit];
+        if c.txid > out.target {
+            stopped_early = true;
             break;
         }
-        if commit.txid != last.txid + 1 {
-            return Err(damaged(
-                &info.key,
-                FormatError::Malformed(format!("txid {} follows {}", commit.txid, last.txid)),
-            ));
+        if out.wanted(key, c)? {
+            let offset = u64::from(r.pgno - 1) * u64::from(out.page_size);
+            out.file
+                .write_all_at(&page, offset)
+                .map_err(|e| out.io(e))?;
         }
-        for (r, data) in &records[start..next] {
-            file.write_all_at(data, u64::from(r.pgno - 1) * u64::from(page_size))
-                .map_err(io)?;
-        }
-        if commit.db_pages < *pages {
-            file.set_len(u64::from(commit.db_pages) * u64::from(page_size))
-                .map_err(io)?;
-        }
-        *pages = commit.db_pages;
-        last = *commit;
     }
-    Ok(last)
+    for c in &commits[ended..] {
+        out.finish_commit(key, c)?;
+    }
+    // Stopping early at the target leaves the rest of a large segment unread:
+    // its trailer is then unchecked, and the recorded checksum proves the
+    // result instead. Without one, or when everything was read anyway, the
+    // trailer is checked.
+    if !stopped_early || out.last.checksum.is_none() {
+        while body
+            .next_page(&mut page)
+            .map_err(|e| damaged(key, e))?
+            .is_some()
+        {}
+        body.finish().map_err(|e| damaged(key, e))?;
+    }
+    Ok(())
 }
 
 /// Whole-database checksum of a database file of `pages` pages.

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use super::compactor::{Compactor, CompactorContext};
 use super::source::Source;
 use super::state::StateReader;
 use super::{state_dir, CaptureOptions, Command};
@@ -99,6 +100,7 @@ struct Engine {
     status: EngineStatus,
     unshipped_since: Option<Instant>,
     lease: Option<crate::lease::Lease>,
+    compactor: Option<Compactor>,
 }
 
 fn now_ms() -> i64 {
@@ -159,6 +161,7 @@ pub(crate) fn run(
         }
         if shutdown {
             let r = eng.final_sync();
+            eng.stop_compactor();
             eng.release_lease();
             return r;
         }
@@ -192,6 +195,7 @@ pub(crate) fn once(
 ) -> Result<Option<String>, CaptureError> {
     let mut eng = Engine::new(db_path, store, opts, rt);
     let r = eng.one_pass(force_snapshot);
+    eng.stop_compactor();
     eng.release_lease();
     r
 }
@@ -211,6 +215,15 @@ impl Engine {
         opts: CaptureOptions,
         rt: Handle,
     ) -> Engine {
+        let compactor = (opts.compact_segments >= 2).then(|| {
+            Compactor::start(CompactorContext {
+                store: Arc::clone(&store),
+                rt: rt.clone(),
+                state_dir: state_dir(&db_path),
+                key: opts.encryption.clone(),
+                segments: opts.compact_segments,
+            })
+        });
         Engine {
             db_path,
             store,
@@ -223,6 +236,15 @@ impl Engine {
             status: EngineStatus::default(),
             unshipped_since: None,
             lease: None,
+            compactor,
+        }
+    }
+
+    /// Waits for a merge in progress, so nothing is written after the lease
+    /// is released.
+    fn stop_compactor(&mut self) {
+        if let Some(c) = self.compactor.as_mut() {
+            c.shutdown();
         }
     }
 
@@ -477,9 +499,13 @@ impl Engine {
             first_time,
             time,
         );
-        if let Err(e) = self.put_create_only(&key, bytes) {
+        let plain = Bytes::from(bytes);
+        if let Err(e) = self.put_create_only(&key, plain.clone()) {
             self.lin()?.hashes.rollback();
             return Err(e);
+        }
+        if let Some(c) = self.compactor.as_mut() {
+            c.shipped(&key, &header, &plain);
         }
         let lin = self.lin()?;
         lin.hashes.commit();
@@ -499,9 +525,8 @@ impl Engine {
 
     /// Write-once put; an identical object already there (a retried write that
     /// had succeeded) counts as success.
-    fn put_create_only(&mut self, key: &str, bytes: Vec<u8>) -> Result<(), CaptureError> {
+    fn put_create_only(&mut self, key: &str, plain: Bytes) -> Result<(), CaptureError> {
         self.ensure_lease()?;
-        let plain = Bytes::from(bytes);
         let body = self.seal_segment(key, &plain)?;
         match self.block_on(self.store.put(key, body, PutMode::CreateOnly)) {
             Ok(()) => Ok(()),
