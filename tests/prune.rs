@@ -275,3 +275,126 @@ fn a_restore_whose_target_is_pruned_away_fails_clearly() {
         restore_leftovers(&out)
     );
 }
+
+/// Moves every object of a local replica `days_back(object)` days into the
+/// past: its header's times are rewritten (the header CRC with them) and the
+/// object renamed to match, the body untouched. Times stay in txid order as
+/// long as `days_back` does not grow with txid.
+fn shift_into_the_past(replica: &Path, days_back: impl Fn(u64) -> i64) {
+    const DAY_MS: i64 = 86_400_000;
+    for dir in ["snapshots", "segments"] {
+        for entry in std::fs::read_dir(replica.join(dir)).expect("replica folder") {
+            let path = entry.expect("entry").path();
+            let bytes = std::fs::read(&path).expect("object");
+            let mut cursor = &bytes[..];
+            let mut header = walstream::format::ObjectHeader::decode(&mut cursor).expect("header");
+            let body = cursor;
+            let shift = days_back(header.min_txid()) * DAY_MS;
+            for c in &mut header.commits {
+                c.time_ms -= shift;
+            }
+            let (first, last) = (header.commits[0], header.commits[header.commits.len() - 1]);
+            let key = if dir == "snapshots" {
+                walstream::catalog::snapshot_key(first.txid, header.lineage, first.time_ms)
+            } else {
+                walstream::catalog::segment_key(
+                    first.txid,
+                    last.txid,
+                    header.lineage,
+                    first.time_ms,
+                    last.time_ms,
+                )
+            };
+            let mut out = header.encode();
+            out.extend_from_slice(body);
+            std::fs::remove_file(&path).expect("removing the old name");
+            write_file(&replica.join(&key), &out);
+        }
+    }
+}
+
+#[test]
+fn a_week_of_history_pruned_restores_every_point_of_its_window() {
+    let env = Env::new();
+    let replica = env.replica_arg();
+    // Seven daily snapshots (txids 1, 4, 7, ..., 19) with three commits after each.
+    let mut app = App::create(&env.db);
+    replicate_once(&env.db, &replica);
+    let mut states = vec![app.digest()];
+    for _day in 1..7 {
+        for _ in 0..3 {
+            app.commit_random();
+            states.push(app.digest());
+        }
+        let db = env.db.display().to_string();
+        walstream(["snapshot", db.as_str(), replica.as_str()]).assert_success();
+    }
+    for _ in 0..3 {
+        app.commit_random();
+        states.push(app.digest());
+    }
+    replicate_once(&env.db, &replica);
+    assert_eq!(snapshot_txids(&replica), vec![1, 4, 7, 10, 13, 16, 19]);
+    // Snapshot at txid 3d+1 and the commits after it land on day d (6 days ago
+    // for d = 0, today for d = 6).
+    shift_into_the_past(&env.replica, |min_txid| {
+        6 - ((min_txid as i64 - 1) / 3).min(6)
+    });
+    walstream(["verify", replica.as_str()]).assert_success();
+    let days: Vec<String> = snapshots(&list_json(&replica))
+        .iter()
+        .map(|s| s.time[..10].to_string())
+        .collect();
+    let mut distinct = days.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 7, "one snapshot per day: {days:?}");
+
+    // Two days of point-in-time restore, and a daily snapshot for the week.
+    let out = walstream([
+        "prune",
+        replica.as_str(),
+        "--retention-count",
+        "2",
+        "--keep-daily",
+        "7",
+        "--json",
+    ]);
+    out.assert_success();
+    let plan = out.json();
+    assert_eq!(plan["window_from_txid"], 16, "{plan:#}");
+    assert_eq!(snapshot_txids(&replica), vec![1, 4, 7, 10, 13, 16, 19]);
+    let list = list_json(&replica);
+    assert_eq!(window(&list), Some((16, 22)));
+    assert!(segments(&list).iter().all(|s| s.min_txid > 16), "{list:#}");
+    walstream(["verify", replica.as_str()]).assert_success();
+
+    // Every txid of the window, and each daily snapshot at its own txid.
+    for txid in [1u64, 4, 7, 10, 13, 16, 17, 18, 19, 20, 21, 22] {
+        let out = env.path(&format!("txid-{txid}.db"));
+        let n = txid.to_string();
+        assert_eq!(
+            restore_digest(&replica, &out, &["--txid", n.as_str()]),
+            states[txid as usize - 1],
+            "txid {txid}"
+        );
+    }
+    // Every time of the window: each commit's own recorded time.
+    for seg in segments(&list) {
+        let out = env.path(&format!("time-{}.db", seg.max_txid));
+        let digest = restore_digest(&replica, &out, &["--timestamp", seg.time.as_str()]);
+        assert_eq!(
+            digest,
+            states[seg.max_txid as usize - 1],
+            "time {}",
+            seg.time
+        );
+    }
+    // A time on a day kept only by its snapshot, after that snapshot: refused.
+    let day2 = &snapshots(&list)[2];
+    let later = format!("{}T23:59:59.999Z", &day2.time[..10]);
+    let out = env.path("pruned-time.db");
+    restore(&replica, &out, &["--timestamp", later.as_str()])
+        .assert_failure()
+        .assert_mentions("window");
+    assert!(!out.exists());
+}
