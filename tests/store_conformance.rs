@@ -491,7 +491,8 @@ pub async fn delete_semantics(store: &dyn ObjectStore) {
 pub async fn put_file_round_trip(store: &dyn ObjectStore) {
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("big.bin");
-    let data = pattern(5 * MIB + 123, 5);
+    // Over two writeback steps of the local store (8 MiB each).
+    let data = pattern(19 * MIB + 123, 5);
     std::fs::write(&src, &data).expect("write src");
 
     store

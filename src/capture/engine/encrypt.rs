@@ -58,8 +58,8 @@ impl Engine {
                 source,
             }
         })?;
-        w.flush().map_err(io(out_path))?;
-        out.sync_all().map_err(io(out_path))
+        // Like the plain spool, read back for the upload only: no fsync.
+        w.flush().map_err(io(out_path))
     }
 
     /// Refuses to continue an encrypted replica in the clear: a restart that

@@ -88,7 +88,9 @@ impl Engine {
         header.commits[0].checksum = Some(hashes.checksum());
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         file.write_all(&header.encode()).map_err(io)?;
-        file.sync_all().map_err(io)?;
+        // No fsync: the spool is only read back for the upload and discarded
+        // after a crash, and flushing hundreds of MB at once would stall the
+        // application's own commits behind it on the same disk.
         // With no overlay the state came from the database file alone, which the
         // pin keeps from being checkpointed into: a WAL restart cannot touch it.
         if !overlay.is_empty() {
