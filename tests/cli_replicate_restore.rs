@@ -854,6 +854,24 @@ fn verify_finds_every_kind_of_damage() {
     o.assert_mentions("snapshot");
     assert_restore_refused(&r, &outs.join("no-snapshot.db"), &[]);
 
+    // (h) an object of another replica's lineage copied in: its txids collide
+    let other_db = env.path("other.db");
+    let other = env.path("other-replica");
+    let mut other_app = App::create_seeded(&other_db, 99);
+    replicate_once(&other_db, &other.display().to_string());
+    other_app.commit_insert_many(5);
+    replicate_once(&other_db, &other.display().to_string());
+    let foreign = segments(&list_json(&other.display().to_string())).remove(0);
+    let (_, o) = damaged("a segment from another lineage", &|r| {
+        fs::copy(
+            object_path(&other, &foreign.key),
+            object_path(r, &foreign.key),
+        )
+        .expect("copying a foreign segment");
+    });
+    o.assert_mentions(&foreign.key)
+        .assert_mentions("another replica");
+
     // The original replica is untouched by all of this.
     walstream(["verify", &replica]).assert_success();
 }

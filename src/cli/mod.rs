@@ -96,11 +96,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Read every object and check checksums, continuity and coverage.
+    /// Read every object and check checksums, continuity and coverage
+    /// (exit 0 intact, 1 problems found, 2 could not run).
     Verify {
         replica: String,
         #[arg(long)]
         json: bool,
+        /// Also restore the latest txid and --points random ones into a scratch
+        /// directory, each proven by checksum and PRAGMA integrity_check.
+        #[arg(long)]
+        deep: bool,
+        /// Random txids of the window that --deep restores besides the latest.
+        #[arg(long, default_value_t = 3, requires = "deep")]
+        points: usize,
+        /// Seed choosing the --deep points (default: random, printed).
+        #[arg(long, requires = "deep")]
+        seed: Option<u64>,
+        /// Read only share K of N (by a stable hash of each object's key), so
+        /// that runs with K = 1..N together read every object once.
+        #[arg(long, value_name = "K/N")]
+        sample: Option<walstream::verify::Sample>,
         /// Read encryption keys from this config file (else the environment).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -280,11 +295,30 @@ async fn run(cmd: Command) -> Result<ExitCode> {
         Command::Verify {
             replica,
             json,
+            deep,
+            points,
+            seed,
+            sample,
             config,
             no_expand_env,
         } => {
-            let keys = keys::keyring(config.as_deref(), !no_expand_env)?;
-            output::verify(&ReplicaUrl::parse(&replica)?.open()?, json, &keys).await
+            let run = async {
+                let keys = keys::keyring(config.as_deref(), !no_expand_env)?;
+                let store = ReplicaUrl::parse(&replica)?.open()?;
+                let deep = deep.then(|| walstream::verify::deep::DeepOptions {
+                    points,
+                    seed: seed.unwrap_or_else(rand::random),
+                    keys: keys.clone(),
+                    scratch: None,
+                });
+                let opts = walstream::verify::VerifyOptions { keys, sample };
+                output::verify(&store, json, &opts, deep.as_ref()).await
+            };
+            // 1 means "problems found": a run that could not finish says 2.
+            Ok(run.await.unwrap_or_else(|e| {
+                eprintln!("error: {}", output::error_chain(&e));
+                ExitCode::from(2)
+            }))
         }
         Command::Prune {
             replica,

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use walstream::catalog::{Catalog, ObjectInfo};
 use walstream::restore::format_time;
+use walstream::verify::deep::DeepOptions;
 use walstream::{ObjectStore, RestoreError, RestoreOptions};
 
 /// The error and its causes, like `{:#}`, but without repeating a cause the
@@ -196,9 +197,14 @@ pub async fn list(store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitCod
 pub async fn verify(
     store: &Arc<dyn ObjectStore>,
     as_json: bool,
-    keys: &walstream::crypto::Keyring,
+    opts: &walstream::verify::VerifyOptions,
+    deep: Option<&DeepOptions>,
 ) -> Result<ExitCode> {
-    let report = walstream::verify::verify_with_keys(store, keys).await?;
+    let mut report = walstream::verify::verify_with(store, opts).await?;
+    let checks = match deep {
+        Some(d) => Some(walstream::verify::deep::deep_verify(store, d, &mut report).await?),
+        None => None,
+    };
     if as_json {
         println!(
             "{}",
@@ -210,33 +216,60 @@ pub async fn verify(
                 "problems": report.problems,
                 "unencrypted_objects": report.unencrypted_objects,
                 "keys": report.keys,
+                "sample": report.sample.map(|s| s.to_string()),
+                "checked_keys": report.checked_keys,
+                "deep": deep.map(|d| json!({"seed": d.seed, "restores": checks})),
             }))?
         );
     } else {
-        for p in &report.problems {
-            let sev = match p.severity {
-                walstream::verify::Severity::Error => "ERROR",
-                walstream::verify::Severity::Warning => "warning",
-            };
-            match &p.key {
-                Some(k) => println!("{sev}: {k}: {}", p.problem),
-                None => println!("{sev}: {}", p.problem),
-            }
-        }
-        print_key_usage(&report);
-        println!(
-            "{}: {} objects, {} bytes, {} commits checked",
-            if report.is_ok() { "OK" } else { "FAILED" },
-            report.objects,
-            report.bytes,
-            report.commits_checked
-        );
+        print_verify_text(&report, deep, checks.as_deref());
     }
     Ok(if report.is_ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+fn print_verify_text(
+    report: &walstream::VerifyReport,
+    deep: Option<&DeepOptions>,
+    checks: Option<&[walstream::verify::deep::DeepCheck]>,
+) {
+    for p in &report.problems {
+        let sev = match p.severity {
+            walstream::verify::Severity::Error => "ERROR",
+            walstream::verify::Severity::Warning => "warning",
+        };
+        match &p.key {
+            Some(k) => println!("{sev}: {k}: {}", p.problem),
+            None => println!("{sev}: {}", p.problem),
+        }
+    }
+    print_key_usage(report);
+    if let Some(s) = report.sample {
+        println!(
+            "sample {s}: read {} of the replica's objects",
+            report.objects
+        );
+    }
+    if let (Some(d), Some(checks)) = (deep, checks) {
+        let txids: Vec<String> = checks.iter().map(|c| c.txid.to_string()).collect();
+        let good = checks.iter().filter(|c| c.ok).count();
+        println!(
+            "deep (seed {}): restored txids {}: {good} of {} proven",
+            d.seed,
+            txids.join(", "),
+            checks.len()
+        );
+    }
+    println!(
+        "{}: {} objects, {} bytes, {} commits checked",
+        if report.is_ok() { "OK" } else { "FAILED" },
+        report.objects,
+        report.bytes,
+        report.commits_checked
+    );
 }
 
 /// Which keys the replica's objects need: a rotation is complete once no
