@@ -1,6 +1,7 @@
 //! Maps command-line arguments to library calls.
 
 mod keys;
+mod monitoring;
 mod output;
 mod prune;
 
@@ -57,6 +58,10 @@ enum Command {
         /// One pass: snapshot if needed, ship everything committed, exit.
         #[arg(long)]
         once: bool,
+        /// Serve /metrics and /health here (HOST:PORT; `:PORT` is loopback).
+        /// Overrides the config's metrics_addr.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
     },
     /// Restore a database from a replica (latest, or to a txid or time).
     Restore {
@@ -158,12 +163,18 @@ enum Command {
     },
     /// Undo `pin`: the snapshot is subject to the retention policy again.
     Unpin { replica: String, snapshot: String },
-    /// Last committed and shipped txid, lag, last snapshot.
+    /// Positions, lag, last snapshot, verification and health (exit 0 healthy,
+    /// 1 warning, 2 critical, 3 could not tell).
     Status {
         db: PathBuf,
         replica: String,
         #[arg(long)]
         json: bool,
+        /// Take the health thresholds from this config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        no_expand_env: bool,
     },
 }
 
@@ -212,8 +223,10 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             config,
             no_expand_env,
             once,
+            metrics_addr,
         } => {
-            let (dbs, opts) = targets(db, replica, config, !no_expand_env)?;
+            let t = targets(db, replica, config, !no_expand_env)?;
+            let (dbs, opts) = (t.dbs, t.opts);
             if once {
                 for (db, url) in dbs {
                     walstream::replicate_once(
@@ -227,7 +240,14 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            replicate(dbs, opts).await
+            let mut monitor = t.monitor;
+            if let Some(a) = metrics_addr {
+                monitor.metrics_addr = Some(
+                    walstream::monitor::parse_metrics_addr(&a)
+                        .ok_or_else(|| anyhow!("--metrics-addr {a:?}: use HOST:PORT"))?,
+                );
+            }
+            replicate(dbs, opts, monitor, t.keys).await
         }
         Command::Restore {
             replica,
@@ -361,11 +381,37 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             input,
             output,
         } => keys::decrypt(&key_env, &input, &output),
-        Command::Status { db, replica, json } => {
-            let db = std::path::absolute(&db)?;
-            output::status(&db, &ReplicaUrl::parse(&replica)?.open()?, json).await
+        Command::Status {
+            db,
+            replica,
+            json,
+            config,
+            no_expand_env,
+        } => {
+            let run = async {
+                let thresholds = match &config {
+                    Some(path) => Config::load(path, !no_expand_env)?.monitor.thresholds,
+                    None => Default::default(),
+                };
+                let db = std::path::absolute(&db)?;
+                let store = ReplicaUrl::parse(&replica)?.open()?;
+                output::status(&db, &store, json, &thresholds).await
+            };
+            // 1 and 2 are health levels: a status that cannot be told is 3.
+            Ok(run.await.unwrap_or_else(|e| {
+                eprintln!("error: {}", output::error_chain(&e));
+                ExitCode::from(3)
+            }))
         }
     }
+}
+
+/// What `replicate` runs: databases, capture options, monitoring, keys.
+struct Targets {
+    dbs: Vec<(PathBuf, ReplicaUrl)>,
+    opts: CaptureOptions,
+    monitor: walstream::monitor::MonitorConfig,
+    keys: walstream::Keyring,
 }
 
 /// Databases to replicate, from arguments or the config file.
@@ -374,28 +420,35 @@ fn targets(
     replica: Option<String>,
     config: Option<PathBuf>,
     expand: bool,
-) -> Result<(Vec<(PathBuf, ReplicaUrl)>, CaptureOptions)> {
+) -> Result<Targets> {
     match (db, replica, config) {
-        (Some(db), Some(r), None) => Ok((
-            vec![(db, ReplicaUrl::parse(&r)?)],
-            CaptureOptions {
-                encryption: keys::settings(None)?.encrypt_with,
-                ..CaptureOptions::default()
-            },
-        )),
+        (Some(db), Some(r), None) => {
+            let keys = keys::settings(None)?;
+            Ok(Targets {
+                dbs: vec![(db, ReplicaUrl::parse(&r)?)],
+                opts: CaptureOptions {
+                    encryption: keys.encrypt_with,
+                    ..CaptureOptions::default()
+                },
+                monitor: Default::default(),
+                keys: keys.keyring,
+            })
+        }
         (None, None, Some(path)) => {
             let c = Config::load(&path, expand)?;
             if c.dbs.is_empty() {
                 bail!("config {} lists no [[db]]", path.display());
             }
-            let encryption = keys::settings(Some(&c))?.encrypt_with;
-            Ok((
-                c.dbs.into_iter().map(|d| (d.path, d.replica)).collect(),
-                CaptureOptions {
-                    encryption,
+            let keys = keys::settings(Some(&c))?;
+            Ok(Targets {
+                dbs: c.dbs.into_iter().map(|d| (d.path, d.replica)).collect(),
+                opts: CaptureOptions {
+                    encryption: keys.encrypt_with,
                     ..c.capture
                 },
-            ))
+                monitor: c.monitor,
+                keys: keys.keyring,
+            })
         }
         (Some(_), None, None) => {
             bail!("missing REPLICA_URL: walstream replicate DB_PATH REPLICA_URL")
@@ -442,21 +495,37 @@ fn parse_time(s: &str) -> Result<i64> {
     Ok(t.timestamp_millis())
 }
 
-async fn replicate(dbs: Vec<(PathBuf, ReplicaUrl)>, opts: CaptureOptions) -> Result<ExitCode> {
+async fn replicate(
+    dbs: Vec<(PathBuf, ReplicaUrl)>,
+    opts: CaptureOptions,
+    monitor: walstream::monitor::MonitorConfig,
+    keys: walstream::Keyring,
+) -> Result<ExitCode> {
     // Installed before start-up so a signal during the first snapshot is not lost.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut running = Vec::new();
+    let mut monitors = Vec::new();
     for (db, url) in dbs {
-        let rep = Replication::start(&db, url.open()?, with_store_defaults(&opts, &url))
+        let store = url.open()?;
+        let rep = Replication::start(&db, Arc::clone(&store), with_store_defaults(&opts, &url))
             .await
             .with_context(|| format!("starting replication of {} to {url}", db.display()))?;
         let rep = Arc::new(rep);
-        let server = control::serve(&std::path::absolute(&db)?, Arc::clone(&rep))
+        let abs = std::path::absolute(&db)?;
+        let mon = Arc::new(walstream::monitor::DbMonitor::new(
+            abs.clone(),
+            Arc::clone(&rep),
+            store,
+            monitor.thresholds,
+        ));
+        let server = control::serve(&abs, Arc::clone(&rep), Some(Arc::clone(&mon)))
             .with_context(|| format!("opening the control socket for {}", db.display()))?;
         tracing::info!(db = %db.display(), replica = %url, "replicating");
         running.push((db, rep, server));
+        monitors.push(mon);
     }
+    let tasks = monitoring::start(&monitor, monitors, &keys).await?;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -471,6 +540,9 @@ async fn replicate(dbs: Vec<(PathBuf, ReplicaUrl)>, opts: CaptureOptions) -> Res
         }
     }
     tracing::info!("shutting down: shipping what is committed");
+    for t in tasks {
+        t.abort();
+    }
     let mut failed = false;
     for (db, rep, server) in running {
         server.abort();

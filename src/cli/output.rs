@@ -292,16 +292,37 @@ fn print_key_usage(report: &walstream::VerifyReport) {
     }
 }
 
-pub async fn status(db: &Path, store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitCode> {
-    let live = walstream::control::live_status(db).await;
-    let s = walstream::status::status(db, store, live).await?;
+pub async fn status(
+    db: &Path,
+    store: &Arc<dyn ObjectStore>,
+    as_json: bool,
+    thresholds: &walstream::health::Thresholds,
+) -> Result<ExitCode> {
+    let live = walstream::control::live(db).await;
+    let verification = live.as_ref().and_then(|l| l.verification.clone());
+    let mut s = walstream::status::status(db, store, live.map(|l| l.engine)).await?;
+    s.last_verification = verification;
+    let level = s
+        .assess(chrono::Utc::now().timestamp_millis(), thresholds)
+        .level;
     if as_json {
         let mut v = serde_json::to_value(&s)?;
         v["last_snapshot_time"] = json!(s.last_snapshot_time_ms.map(format_time));
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        print_status(&s);
     }
+    Ok(ExitCode::from(level.exit_code()))
+}
+
+fn print_status(s: &walstream::status::Status) {
     let opt = |v: Option<u64>| v.map_or("unknown".to_string(), |n| n.to_string());
+    if let Some(h) = &s.health {
+        println!("health:              {}", h.level.as_str().to_uppercase());
+        for r in &h.reasons {
+            println!("  - {r}");
+        }
+    }
     println!("database:            {}", s.database);
     println!("replica:             {}", s.replica);
     println!(
@@ -312,16 +333,21 @@ pub async fn status(db: &Path, store: &Arc<dyn ObjectStore>, as_json: bool) -> R
     println!("last shipped txid:   {}", s.last_shipped_txid);
     println!("pending commits:     {}", opt(s.pending_commits));
     println!(
-        "lag:                 {}",
+        "lag:                 {}, {} bytes",
         s.lag_ms.map_or("unknown".into(), |ms| format!(
             "{:.3} s",
             ms as f64 / 1000.0
-        ))
+        )),
+        opt(s.lag_bytes)
     );
     println!("WAL size:            {} bytes", s.wal_bytes);
     println!(
-        "last snapshot:       {}",
-        s.last_snapshot_time_ms.map_or("none".into(), format_time)
+        "last snapshot:       {}{}",
+        s.last_snapshot_time_ms.map_or("none".into(), format_time),
+        s.last_snapshot_age_ms.map_or(String::new(), |a| format!(
+            " ({:.1} h ago)",
+            a as f64 / 3.6e6
+        ))
     );
     if let Some(w) = &s.window {
         println!(
@@ -332,8 +358,18 @@ pub async fn status(db: &Path, store: &Arc<dyn ObjectStore>, as_json: bool) -> R
             format_time(w.max_time_ms)
         );
     }
+    if let Some(v) = &s.last_verification {
+        println!(
+            "last verification:   {} at {} (txid {})",
+            if v.ok { "passed" } else { "FAILED" },
+            format_time(v.time_ms),
+            opt(v.txid)
+        );
+        for p in &v.problems {
+            println!("  - {p}");
+        }
+    }
     if let Some(e) = &s.last_error {
         println!("last error:          {e}");
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,165 @@
+//! Webhook notifications: a JSON POST when a database's health changes, and
+//! optionally a heartbeat after each snapshot. Deliveries run on one task
+//! behind a bounded queue (a full queue drops the event with a log line rather
+//! than block monitoring), are retried with backoff, and are rate-limited.
+//!
+//! Payloads hold no secret: the database path, the replica as
+//! `ObjectStore::describe` gives it (bucket and prefix, never keys or
+//! endpoints with credentials), levels, reasons and txids. The webhook URL
+//! itself (which may carry a token) is never logged or echoed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::mpsc;
+
+/// Events waiting for delivery; beyond this they are dropped.
+const QUEUE: usize = 32;
+const ATTEMPTS: u32 = 5;
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// At most one delivery per this interval (health changes wait, in order).
+const MIN_GAP: Duration = Duration::from_secs(1);
+/// Heartbeats closer together than this are skipped.
+const HEARTBEAT_GAP: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("webhook URL is not valid")]
+    Url,
+    #[error("cannot set up TLS for the webhook: {0}")]
+    Tls(std::io::Error),
+}
+
+/// The JSON body of every POST (`docs/monitoring.md`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Event {
+    /// `health_changed` or `heartbeat`.
+    pub event: &'static str,
+    pub time: String,
+    pub host: String,
+    pub database: String,
+    pub replica: String,
+    pub health: crate::health::Level,
+    pub previous: Option<crate::health::Level>,
+    pub reasons: Vec<String>,
+    pub last_shipped_txid: u64,
+    pub last_snapshot_time: Option<String>,
+    pub last_snapshot: Option<String>,
+}
+
+/// Queues events for the delivery task.
+#[derive(Clone)]
+pub struct Webhook {
+    tx: mpsc::Sender<Event>,
+}
+
+/// Called after each delivery with whether it succeeded.
+pub type ResultFn = Arc<dyn Fn(&Event, bool) + Send + Sync>;
+
+impl Webhook {
+    /// Starts the delivery task for `url`.
+    pub fn spawn(
+        url: &str,
+        on_result: ResultFn,
+    ) -> Result<(Webhook, tokio::task::JoinHandle<()>), WebhookError> {
+        let uri: hyper::Uri = url.parse().map_err(|_| WebhookError::Url)?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(WebhookError::Url);
+        }
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
+            .map_err(WebhookError::Tls)?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(deliver_all(client, uri, rx, on_result));
+        Ok((Webhook { tx }, task))
+    }
+
+    /// Queues `event`; never waits.
+    pub fn send(&self, event: Event) {
+        if self.tx.try_send(event).is_err() {
+            tracing::warn!("webhook queue full or closed; event dropped");
+        }
+    }
+}
+
+type HttpsClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+async fn deliver_all(
+    client: HttpsClient,
+    uri: hyper::Uri,
+    mut rx: mpsc::Receiver<Event>,
+    on_result: ResultFn,
+) {
+    let mut last: Option<Instant> = None;
+    let mut last_heartbeat: Option<Instant> = None;
+    while let Some(event) = rx.recv().await {
+        if event.event == "heartbeat" && last_heartbeat.is_some_and(|t| t.elapsed() < HEARTBEAT_GAP)
+        {
+            continue;
+        }
+        if let Some(t) = last {
+            tokio::time::sleep(MIN_GAP.saturating_sub(t.elapsed())).await;
+        }
+        let ok = deliver(&client, &uri, &event).await;
+        last = Some(Instant::now());
+        if event.event == "heartbeat" {
+            last_heartbeat = last;
+        }
+        on_result(&event, ok);
+    }
+}
+
+/// POSTs with retries: 1 s, 2 s, 4 s, 8 s apart (jittered).
+async fn deliver(client: &HttpsClient, uri: &hyper::Uri, event: &Event) -> bool {
+    let Ok(body) = serde_json::to_vec(event) else {
+        return false;
+    };
+    let body = Bytes::from(body);
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            let wait =
+                Duration::from_secs(1 << (attempt - 1)).mul_f64(rand::random_range(0.8..1.2));
+            tokio::time::sleep(wait).await;
+        }
+        match post(client, uri, body.clone()).await {
+            Ok(status) if status.is_success() => return true,
+            // The URL is not logged: it may hold a token.
+            Ok(status) => tracing::warn!(%status, attempt, "webhook refused the event"),
+            Err(e) => tracing::warn!(error = %e, attempt, "webhook delivery failed"),
+        }
+    }
+    false
+}
+
+async fn post(
+    client: &HttpsClient,
+    uri: &hyper::Uri,
+    body: Bytes,
+) -> Result<hyper::StatusCode, String> {
+    let req = hyper::Request::post(uri.clone())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("walstream/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(TIMEOUT, client.request(req)).await {
+        Ok(Ok(resp)) => Ok(resp.status()),
+        // hyper's errors can name the URI: keep only the kind of failure.
+        Ok(Err(e)) if e.is_connect() => Err("cannot connect".into()),
+        Ok(Err(_)) => Err("request failed".into()),
+        Err(_) => Err(format!("no answer within {TIMEOUT:?}")),
+    }
+}
