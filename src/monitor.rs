@@ -92,7 +92,12 @@ pub struct MonitorState {
     pub verify_error_total: u64,
     pub webhook_sent_total: u64,
     pub webhook_failed_total: u64,
+    /// The engine's last answer, for when it is busy (a long snapshot).
+    pub last_engine: Option<EngineStatus>,
 }
+
+/// How long a report waits for the capture thread before using its last answer.
+const STATUS_WAIT: Duration = Duration::from_secs(2);
 
 /// One replicated database as monitoring sees it.
 pub struct DbMonitor {
@@ -146,11 +151,17 @@ impl DbMonitor {
     /// The engine's status, the monitor's state and the health they give now.
     pub async fn report(&self) -> DbReport {
         let running = !self.rep.is_finished();
-        let engine = match running {
-            true => self.rep.status().await.unwrap_or_default(),
-            false => EngineStatus::default(),
+        let answer = match running {
+            true => tokio::time::timeout(STATUS_WAIT, self.rep.status())
+                .await
+                .ok(),
+            false => None,
         };
+        if let Some(Ok(e)) = answer {
+            self.update(|s| s.last_engine = Some(e));
+        }
         let state = self.state();
+        let engine = state.last_engine.clone().unwrap_or_default();
         let snapshot_txid = engine
             .last_snapshot_key
             .as_deref()

@@ -163,3 +163,75 @@ async fn post(
         Err(_) => Err(format!("no answer within {TIMEOUT:?}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A server answering each connection with the next status in `codes`,
+    /// counting requests.
+    fn server(codes: Vec<u16>) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::clone(&count);
+        std::thread::spawn(move || {
+            for (code, stream) in codes.into_iter().zip(listener.incoming()) {
+                let mut s = stream.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let reply =
+                    format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = s.write_all(reply.as_bytes());
+            }
+        });
+        (url, count)
+    }
+
+    fn event() -> Event {
+        Event {
+            event: "health_changed",
+            time: String::new(),
+            host: String::new(),
+            database: "/d/a.db".into(),
+            replica: "/r".into(),
+            health: crate::health::Level::Critical,
+            previous: Some(crate::health::Level::Healthy),
+            reasons: vec![],
+            last_shipped_txid: 1,
+            last_snapshot_time: None,
+            last_snapshot: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_delivery_is_retried() {
+        let (url, count) = server(vec![503, 200]);
+        let (tx, mut rx) = mpsc::channel(1);
+        let (hook, _task) = Webhook::spawn(
+            &url,
+            Arc::new(move |_: &Event, ok: bool| {
+                let _ = tx.try_send(ok);
+            }),
+        )
+        .unwrap();
+        hook.send(event());
+        assert_eq!(rx.recv().await, Some(true));
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn only_http_urls_are_accepted() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let noop: ResultFn = Arc::new(|_: &Event, _: bool| {});
+        for bad in ["ftp://x/y", "not a url", "http://"] {
+            assert!(Webhook::spawn(bad, Arc::clone(&noop)).is_err(), "{bad}");
+        }
+    }
+}
