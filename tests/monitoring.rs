@@ -64,6 +64,16 @@ impl Running {
         }
     }
 
+    /// The address the metrics endpoint bound (port 0 picks a free one).
+    fn metrics_addr(&mut self) -> String {
+        let line = self.wait_line("metrics endpoint listening");
+        line.split("addr=")
+            .nth(1)
+            .and_then(|a| a.split_whitespace().next())
+            .expect("the bound address in the log")
+            .to_string()
+    }
+
     fn stop(mut self) {
         // SAFETY: kill(2) on our own child, not yet reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -191,13 +201,7 @@ fn metrics_endpoint_and_scheduled_verification() {
         "verify_interval = \"1s\"\nmetrics_addr = \"127.0.0.1:0\"\n",
     );
     let mut rep = Running::spawn(&cfg, &env.path("replicate.log"), &[]);
-    let line = rep.wait_line("metrics endpoint listening");
-    let addr = line
-        .split("addr=")
-        .nth(1)
-        .and_then(|a| a.split_whitespace().next())
-        .expect("the bound address in the log")
-        .to_string();
+    let addr = rep.metrics_addr();
     app.commit_insert_many(20);
     rep.wait_line("scheduled verification passed");
     wait_shipped(&env.db, &env.replica_arg(), 2);
@@ -240,6 +244,48 @@ fn metrics_endpoint_and_scheduled_verification() {
     let o = status(&env.db, &env.replica, &[]);
     assert_eq!(o.code(), Some(0), "{o}");
     assert_eq!(o.json()["last_verification"]["ok"], true, "{o}");
+    rep.stop();
+}
+
+#[test]
+fn a_failed_scheduled_verification_turns_health_critical() {
+    let env = Env::new();
+    let mut app = App::create(&env.db);
+    app.commit_insert_many(30);
+    let cfg = config(
+        &env,
+        "verify_interval = \"1s\"\nmetrics_addr = \"127.0.0.1:0\"\n",
+    );
+    let mut rep = Running::spawn(&cfg, &env.path("replicate.log"), &[]);
+    let addr = rep.metrics_addr();
+    rep.wait_line("scheduled verification passed");
+
+    // The only snapshot is damaged: the latest state no longer restores.
+    let snap = snapshots(&list_json(&env.replica_arg())).remove(0);
+    let path = env.replica.join(&snap.key);
+    let h = object_header_len(&path);
+    flip_byte(&path, h + (snap.size - h - 4) / 2);
+    rep.wait_line("scheduled verification FAILED");
+
+    let (st, body) = http_get(&addr, "/health");
+    assert!(st.contains("503"), "{st}\n{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["health"], "critical", "{v:#}");
+    let problems = v["databases"][0]["last_verification"]["problems"].to_string();
+    assert!(
+        problems.contains(&snap.key),
+        "the damaged object is named: {v:#}"
+    );
+    let (_, metrics) = http_get(&addr, "/metrics");
+    let db = format!("db=\"{}\"", env.db.display());
+    assert_eq!(
+        sample(&metrics, "walstream_last_verification_success", &db),
+        Some(0.0)
+    );
+    assert_eq!(sample(&metrics, "walstream_health", &db), Some(2.0));
+    let o = status(&env.db, &env.replica, &[]);
+    assert_eq!(o.code(), Some(2), "{o}");
+    assert!(o.stdout.contains("the last verification failed"), "{o}");
     rep.stop();
 }
 

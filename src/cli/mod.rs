@@ -117,6 +117,10 @@ enum Command {
         /// Seed choosing the --deep points (default: random, printed).
         #[arg(long, requires = "deep")]
         seed: Option<u64>,
+        /// Where --deep restores (default: the system temp dir); needs room
+        /// for one copy of the database.
+        #[arg(long, requires = "deep")]
+        scratch_dir: Option<PathBuf>,
         /// Read only share K of N (by a stable hash of each object's key), so
         /// that runs with K = 1..N together read every object once.
         #[arg(long, value_name = "K/N")]
@@ -318,6 +322,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             deep,
             points,
             seed,
+            scratch_dir,
             sample,
             config,
             no_expand_env,
@@ -329,7 +334,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                     points,
                     seed: seed.unwrap_or_else(rand::random),
                     keys: keys.clone(),
-                    scratch: None,
+                    scratch: scratch_dir,
                 });
                 let opts = walstream::verify::VerifyOptions { keys, sample };
                 output::verify(&store, json, &opts, deep.as_ref()).await
