@@ -182,6 +182,10 @@ fn status_exit_codes_follow_health() {
     assert_eq!(o.code(), Some(2), "{o}");
     assert_eq!(o.json()["health"]["level"], "critical", "{o}");
     assert!(o.stdout.contains("last snapshot is"), "{o}");
+    // Without DB_PATH REPLICA_URL: every database of the config, as an array.
+    let o = walstream(["status", "--json", "--config", &cfg.display().to_string()]);
+    assert_eq!(o.code(), Some(2), "{o}");
+    assert_eq!(o.json()[0]["health"]["level"], "critical", "{o}");
 
     // Could not tell: 3.
     let o = walstream([

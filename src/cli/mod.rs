@@ -170,11 +170,13 @@ enum Command {
     /// Positions, lag, last snapshot, verification and health (exit 0 healthy,
     /// 1 warning, 2 critical, 3 could not tell).
     Status {
-        db: PathBuf,
-        replica: String,
+        /// The database (default: every [[db]] of --config).
+        db: Option<PathBuf>,
+        replica: Option<String>,
         #[arg(long)]
         json: bool,
-        /// Take the health thresholds from this config file.
+        /// Take the health thresholds (and, without DB_PATH REPLICA_URL, the
+        /// databases) from this config file.
         #[arg(long)]
         config: Option<PathBuf>,
         #[arg(long)]
@@ -394,13 +396,25 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             no_expand_env,
         } => {
             let run = async {
-                let thresholds = match &config {
-                    Some(path) => Config::load(path, !no_expand_env)?.monitor.thresholds,
-                    None => Default::default(),
+                let cfg = match &config {
+                    Some(path) => Some(Config::load(path, !no_expand_env)?),
+                    None => None,
                 };
-                let db = std::path::absolute(&db)?;
-                let store = ReplicaUrl::parse(&replica)?.open()?;
-                output::status(&db, &store, json, &thresholds).await
+                let thresholds = cfg.as_ref().map(|c| c.monitor.thresholds);
+                let (targets, many) = match (db, replica, cfg) {
+                    (Some(db), Some(r), _) => (vec![(db, ReplicaUrl::parse(&r)?)], false),
+                    (None, None, Some(c)) => (
+                        c.dbs.into_iter().map(|d| (d.path, d.replica)).collect(),
+                        true,
+                    ),
+                    _ => bail!("give DB_PATH REPLICA_URL, or --config FILE for all its databases"),
+                };
+                let mut opened = Vec::new();
+                for (db, url) in targets {
+                    opened.push((std::path::absolute(&db)?, url.open()?));
+                }
+                let flags = output::StatusFlags { json, many };
+                output::status(&opened, flags, &thresholds.unwrap_or_default()).await
             };
             // 1 and 2 are health levels: a status that cannot be told is 3.
             Ok(run.await.unwrap_or_else(|e| {

@@ -292,27 +292,68 @@ fn print_key_usage(report: &walstream::VerifyReport) {
     }
 }
 
+pub struct StatusFlags {
+    pub json: bool,
+    /// Several databases (from a config): JSON is an array, text is separated.
+    pub many: bool,
+}
+
+/// Exit code: the worst health level, 3 when some status could not be told.
 pub async fn status(
-    db: &Path,
-    store: &Arc<dyn ObjectStore>,
-    as_json: bool,
+    targets: &[(std::path::PathBuf, Arc<dyn ObjectStore>)],
+    flags: StatusFlags,
     thresholds: &walstream::health::Thresholds,
 ) -> Result<ExitCode> {
+    let mut worst = 0u8;
+    let mut all = Vec::new();
+    for (db, store) in targets {
+        match status_of(db, store, thresholds).await {
+            Ok(s) => {
+                worst = worst.max(s.health.as_ref().map_or(3, |h| h.level.exit_code()));
+                all.push(s);
+            }
+            Err(e) if flags.many => {
+                eprintln!("error: {}: {}", db.display(), error_chain(&e));
+                worst = 3;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if flags.json {
+        let values = all.iter().map(status_json).collect::<Result<Vec<_>>>()?;
+        let v = match flags.many {
+            true => serde_json::Value::Array(values),
+            false => values.into_iter().next().unwrap_or_default(),
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for (i, s) in all.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            print_status(s);
+        }
+    }
+    Ok(ExitCode::from(worst))
+}
+
+async fn status_of(
+    db: &Path,
+    store: &Arc<dyn ObjectStore>,
+    thresholds: &walstream::health::Thresholds,
+) -> Result<walstream::status::Status> {
     let live = walstream::control::live(db).await;
     let verification = live.as_ref().and_then(|l| l.verification.clone());
     let mut s = walstream::status::status(db, store, live.map(|l| l.engine)).await?;
     s.last_verification = verification;
-    let level = s
-        .assess(chrono::Utc::now().timestamp_millis(), thresholds)
-        .level;
-    if as_json {
-        let mut v = serde_json::to_value(&s)?;
-        v["last_snapshot_time"] = json!(s.last_snapshot_time_ms.map(format_time));
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        print_status(&s);
-    }
-    Ok(ExitCode::from(level.exit_code()))
+    s.assess(chrono::Utc::now().timestamp_millis(), thresholds);
+    Ok(s)
+}
+
+fn status_json(s: &walstream::status::Status) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(s)?;
+    v["last_snapshot_time"] = json!(s.last_snapshot_time_ms.map(format_time));
+    Ok(v)
 }
 
 fn print_status(s: &walstream::status::Status) {
