@@ -204,21 +204,7 @@ impl DbMonitor {
         let mut report = VerifyReport::default();
         match deep_verify(&self.store, &opts, &mut report).await {
             Ok(checks) => {
-                let outcome = VerifyOutcome {
-                    time_ms: chrono::Utc::now().timestamp_millis(),
-                    ok: report.is_ok(),
-                    duration_ms: started.elapsed().as_millis() as u64,
-                    txid: checks.first().map(|c| c.txid),
-                    problems: report
-                        .problems
-                        .iter()
-                        .take(10)
-                        .map(|p| match &p.key {
-                            Some(k) => format!("{k}: {}", p.problem),
-                            None => p.problem.clone(),
-                        })
-                        .collect(),
-                };
+                let outcome = outcome(&report, checks.first().map(|c| c.txid), started);
                 match outcome.ok {
                     true => {
                         tracing::info!(db = %self.db.display(), txid = ?outcome.txid, "scheduled verification passed")
@@ -241,6 +227,24 @@ impl DbMonitor {
                 self.update(|s| s.verify_error_total += 1);
             }
         }
+    }
+}
+
+fn outcome(report: &VerifyReport, txid: Option<u64>, started: Instant) -> VerifyOutcome {
+    VerifyOutcome {
+        time_ms: chrono::Utc::now().timestamp_millis(),
+        ok: report.is_ok(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        txid,
+        problems: report
+            .problems
+            .iter()
+            .take(10)
+            .map(|p| match &p.key {
+                Some(k) => format!("{k}: {}", p.problem),
+                None => p.problem.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -271,29 +275,23 @@ pub fn spawn_watcher(
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut seen: Vec<(Level, Option<String>)> = Vec::new();
+        // Per database: the level and newest snapshot key last seen.
+        let mut seen: Vec<Option<(Level, Option<String>)>> = vec![None; monitors.len()];
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            for (i, m) in monitors.iter().enumerate() {
+            for (m, seen) in monitors.iter().zip(seen.iter_mut()) {
                 let r = m.report().await;
                 let snapshot = r.engine.last_snapshot_key.clone();
-                let Some((level, last_snap)) = seen.get_mut(i) else {
-                    seen.push((Level::Healthy, snapshot.clone()));
-                    if r.health.level != Level::Healthy {
-                        hook.send(event("health_changed", &r, Some(Level::Healthy)));
-                    }
-                    seen[i].0 = r.health.level;
-                    continue;
-                };
-                if r.health.level != *level {
-                    hook.send(event("health_changed", &r, Some(*level)));
-                    *level = r.health.level;
+                let (level, last_snapshot) =
+                    seen.take().unwrap_or((Level::Healthy, snapshot.clone()));
+                if r.health.level != level {
+                    hook.send(event("health_changed", &r, Some(level)));
                 }
-                if heartbeat && snapshot.is_some() && snapshot != *last_snap {
+                if heartbeat && snapshot.is_some() && snapshot != last_snapshot {
                     hook.send(event("heartbeat", &r, None));
                 }
-                *last_snap = snapshot;
+                *seen = Some((r.health.level, snapshot));
             }
         }
     })

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use crate::catalog::Catalog;
 use crate::crypto::Keyring;
 use crate::error::RestoreError;
-use crate::restore::{plan_txid, restore, IntegrityCheck, RestoreOptions, RestorePlan, Target};
+use crate::restore::{
+    plan_txid, restore, IntegrityCheck, RestoreOptions, RestorePlan, RestoreReport, Target,
+};
 use crate::store::{ObjectStore, StoreError};
 
 use super::{Severity, VerifyReport};
@@ -107,6 +109,19 @@ async fn check_one(
     };
     let result = restore(store, &ropts).await;
     let _ = std::fs::remove_file(&output);
+    record(result, &plan, &mut check, report)?;
+    Ok(check)
+}
+
+/// Notes what one restore proved, or why it failed, in `check` and `report`.
+/// An unreachable store is returned: that is no verdict on the replica.
+fn record(
+    result: Result<RestoreReport, RestoreError>,
+    plan: &RestorePlan,
+    check: &mut DeepCheck,
+    report: &mut VerifyReport,
+) -> Result<(), StoreError> {
+    let txid = check.txid;
     match result {
         Ok(r) => {
             check.checksum_verified = r.checksum_verified;
@@ -127,17 +142,16 @@ async fn check_one(
         }
         Err(RestoreError::Store(e)) if !e.is_not_found() => return Err(e),
         Err(e) => {
-            let key = failed_key(&e, &plan);
             let msg = format!(
                 "deep: restoring txid {txid} ({} + {} segments) failed: {e}",
                 plan.snapshot.key,
                 plan.segments.len()
             );
-            report.error(Some(&key), msg.clone());
+            report.error(Some(&failed_key(&e, plan)), msg.clone());
             check.error = Some(msg);
         }
     }
-    Ok(check)
+    Ok(())
 }
 
 /// The object a failed restore names, else the last object of the plan (the
