@@ -234,3 +234,61 @@ fn escape(s: &str) -> String {
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::Health;
+    use crate::monitor::MonitorState;
+
+    fn report(db: &str, level: Level) -> DbReport {
+        DbReport {
+            db: db.into(),
+            replica: "s3://b/p".into(),
+            running: true,
+            engine: crate::EngineStatus {
+                lag_ms: 1500,
+                checkpoints: 3,
+                last_snapshot_time_ms: Some(1_000),
+                ..Default::default()
+            },
+            state: MonitorState::default(),
+            health: Health {
+                level,
+                reasons: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn every_family_has_help_type_and_escaped_labels() {
+        let text = render(
+            &[
+                report("/a \"x\".db", Level::Healthy),
+                report("/b.db", Level::Critical),
+            ],
+            61_000,
+        );
+        for (name, kind, _, _) in FAMILIES {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+            assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name}");
+        }
+        let a = r#"db="/a \"x\".db",replica="s3://b/p""#;
+        assert!(
+            text.contains(&format!("walstream_lag_seconds{{{a}}} 1.5\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("walstream_snapshot_age_seconds{{{a}}} 60\n")),
+            "{text}"
+        );
+        assert!(text.contains("walstream_health{db=\"/b.db\",replica=\"s3://b/p\"} 2\n"));
+        assert!(text.contains(&format!(
+            "walstream_checkpoints_total{{{a},mode=\"passive\"}} 3\n"
+        )));
+        let (code, body) =
+            health_json(&[report("/a", Level::Healthy), report("/b", Level::Warning)]);
+        assert_eq!(code, "503 Service Unavailable");
+        assert!(body.contains("\"health\":\"warning\""), "{body}");
+    }
+}

@@ -222,6 +222,31 @@ mod tests {
         assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
+    #[tokio::test]
+    async fn heartbeats_are_rate_limited() {
+        let (url, count) = server(vec![200, 200, 200]);
+        let (tx, mut rx) = mpsc::channel(4);
+        let (hook, _task) = Webhook::spawn(
+            &url,
+            Arc::new(move |_: &Event, ok: bool| {
+                let _ = tx.try_send(ok);
+            }),
+        )
+        .unwrap();
+        let beat = Event {
+            event: "heartbeat",
+            ..event()
+        };
+        hook.send(beat.clone());
+        hook.send(beat);
+        hook.send(event());
+        // The health change is delivered after the first heartbeat; the
+        // second heartbeat, within HEARTBEAT_GAP, is skipped.
+        assert_eq!(rx.recv().await, Some(true));
+        assert_eq!(rx.recv().await, Some(true));
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
     #[test]
     fn only_http_urls_are_accepted() {
         let rt = tokio::runtime::Builder::new_current_thread()
