@@ -12,7 +12,7 @@ use crate::capture::{state_dir, EngineStatus, Replication};
 use crate::crypto::Keyring;
 use crate::health::{assess, Health, Inputs, Level, Thresholds};
 use crate::store::ObjectStore;
-use crate::verify::deep::{deep_verify, DeepOptions};
+use crate::verify::deep::{deep_verify, DeepOptions, SCRATCH_PREFIX};
 use crate::verify::VerifyReport;
 
 /// The monitoring keys of the config file (`docs/monitoring.md`).
@@ -57,11 +57,8 @@ impl std::fmt::Debug for MonitorConfig {
     }
 }
 
-/// The default metrics address: loopback only, so nothing is exposed unless
-/// an address is given on purpose.
-pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9157";
-
-/// `HOST:PORT`, or `:PORT` for loopback.
+/// `HOST:PORT`, or `:PORT` for loopback (the conventional choice is
+/// 127.0.0.1:9157): nothing is exposed beyond the host unless asked for.
 pub fn parse_metrics_addr(s: &str) -> Option<SocketAddr> {
     let s = s.trim();
     match s.strip_prefix(':') {
@@ -194,6 +191,7 @@ impl DbMonitor {
     /// Restores the latest state into the database's state directory and
     /// proves it; records the outcome.
     pub async fn verify_now(&self, keys: &Keyring) {
+        remove_stale_scratch(&state_dir(&self.db));
         let started = Instant::now();
         let opts = DeepOptions {
             points: 0,
@@ -226,6 +224,19 @@ impl DbMonitor {
                 tracing::warn!(db = %self.db.display(), error = %e, "scheduled verification could not run");
                 self.update(|s| s.verify_error_total += 1);
             }
+        }
+    }
+}
+
+/// Scratch directories a killed process left behind. Only the process holding
+/// the database's lock verifies into its state directory, so none is in use.
+fn remove_stale_scratch(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(SCRATCH_PREFIX) {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }

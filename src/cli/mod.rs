@@ -58,8 +58,8 @@ enum Command {
         /// One pass: snapshot if needed, ship everything committed, exit.
         #[arg(long)]
         once: bool,
-        /// Serve /metrics and /health here (HOST:PORT; `:PORT` is loopback).
-        /// Overrides the config's metrics_addr.
+        /// Serve /metrics and /health here (HOST:PORT, e.g. 127.0.0.1:9157;
+        /// `:PORT` is loopback). Overrides the config's metrics_addr.
         #[arg(long, value_name = "HOST:PORT")]
         metrics_addr: Option<String>,
     },

@@ -184,13 +184,16 @@ pub fn pick_targets(min: u64, max: u64, points: usize, seed: u64) -> Vec<u64> {
     out
 }
 
+/// Names of scratch directories start with this.
+pub const SCRATCH_PREFIX: &str = "walstream-verify-";
+
 /// A private directory for restored files, removed with everything in it.
 struct Scratch(PathBuf);
 
 impl Scratch {
     fn create(base: Option<&Path>) -> std::io::Result<Scratch> {
         let base = base.map_or_else(std::env::temp_dir, Path::to_path_buf);
-        let dir = base.join(format!("walstream-verify-{:016x}", rand::random::<u64>()));
+        let dir = base.join(format!("{SCRATCH_PREFIX}{:016x}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir)?;
         Ok(Scratch(dir))
     }
