@@ -176,7 +176,7 @@ const FAMILIES: &[(&str, &str, &str, Samples)] = &[
         |r, _| secs(r.engine.last_snapshot_time_ms)),
     ("walstream_snapshot_age_seconds", "gauge", "Age of the state in the newest snapshot.",
         |r, now| secs(r.engine.last_snapshot_time_ms.map(|t| now - t))),
-    ("walstream_snapshot_duration_seconds", "gauge", "Duration of the last snapshot taken by this process.",
+    ("walstream_snapshot_duration_seconds", "gauge", "Duration of the last scheduled or requested snapshot.",
         |r, _| secs(r.engine.last_snapshot_duration_ms.map(|d| d as i64))),
     ("walstream_checkpoints_total", "counter", "Checkpoint cycles completed, by mode.",
         |r, _| labeled(&[("mode=\"passive\"", r.engine.checkpoints as f64)])),
