@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::capture::CaptureOptions;
 use crate::crypto::EncryptionConfig;
+use crate::monitor::MonitorConfig;
 use crate::replica::{R2Account, ReplicaUrl};
 use crate::retention::RetentionPolicy;
 use crate::schedule::TimeOfDay;
@@ -44,6 +45,15 @@ struct RawConfig {
     db: Vec<RawDb>,
     encryption: Option<EncryptionConfig>,
     storage: Option<crate::crypto::settings::RawStorage>,
+    // Monitoring (docs/monitoring.md).
+    health_warning_after: Option<String>,
+    health_critical_after: Option<String>,
+    lag_warning_after: Option<String>,
+    lag_critical_after: Option<String>,
+    verify_interval: Option<String>,
+    metrics_addr: Option<String>,
+    webhook_url: Option<String>,
+    webhook_heartbeat: Option<bool>,
 }
 
 /// The Cloudflare account for `r2://` replicas (the keys of an R2 API token).
@@ -85,6 +95,7 @@ pub struct Config {
     pub dbs: Vec<DbConfig>,
     /// `[encryption]` (or `[storage.backup.encryption]`), keys not yet parsed.
     pub encryption: Option<EncryptionConfig>,
+    pub monitor: MonitorConfig,
 }
 
 impl Config {
@@ -162,12 +173,14 @@ impl Config {
                 replica,
             });
         }
+        let monitor = monitor_config(&raw).map_err(invalid)?;
         let encryption =
             crate::crypto::settings::pick_table(raw.encryption, raw.storage).map_err(invalid)?;
         Ok(Config {
             capture,
             dbs,
             encryption,
+            monitor,
         })
     }
 }
@@ -205,6 +218,62 @@ fn retention_policy(raw: &RawConfig) -> Result<RetentionPolicy, String> {
         monthly: raw.keep_monthly.unwrap_or(0),
         min: raw.min_snapshots.unwrap_or(1).max(1),
     })
+}
+
+fn monitor_config(raw: &RawConfig) -> Result<MonitorConfig, String> {
+    let mut m = MonitorConfig::default();
+    let duration = |key: &str, v: &Option<String>, into: &mut Duration| {
+        if let Some(s) = v {
+            *into = parse_duration(s)
+                .ok_or_else(|| format!("{key} = {s:?}: use a duration like \"25h\" or \"5m\""))?;
+        }
+        Ok::<_, String>(())
+    };
+    let t = &mut m.thresholds;
+    duration(
+        "health_warning_after",
+        &raw.health_warning_after,
+        &mut t.snapshot_warning,
+    )?;
+    duration(
+        "health_critical_after",
+        &raw.health_critical_after,
+        &mut t.snapshot_critical,
+    )?;
+    duration(
+        "lag_warning_after",
+        &raw.lag_warning_after,
+        &mut t.lag_warning,
+    )?;
+    duration(
+        "lag_critical_after",
+        &raw.lag_critical_after,
+        &mut t.lag_critical,
+    )?;
+    if t.snapshot_warning > t.snapshot_critical || t.lag_warning > t.lag_critical {
+        return Err("a *_warning_after must not exceed its *_critical_after".into());
+    }
+    m.verify_interval = match raw.verify_interval.as_deref() {
+        None => m.verify_interval,
+        Some("off") => None,
+        Some(s) => Some(parse_duration(s).filter(|d| !d.is_zero()).ok_or_else(|| {
+            format!("verify_interval = {s:?}: use a duration like \"24h\", or \"off\"")
+        })?),
+    };
+    if let Some(s) = &raw.metrics_addr {
+        m.metrics_addr = Some(crate::monitor::parse_metrics_addr(s).ok_or_else(|| {
+            format!("metrics_addr = {s:?}: use HOST:PORT like \"127.0.0.1:9157\"")
+        })?);
+    }
+    if let Some(url) = &raw.webhook_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            // Not quoted: the URL may carry a token.
+            return Err("webhook_url must start with http:// or https://".into());
+        }
+        m.webhook_url = Some(url.clone());
+    }
+    m.webhook_heartbeat = raw.webhook_heartbeat.unwrap_or(false);
+    Ok(m)
 }
 
 /// The `[cloudflare]` table, completed from the environment.
@@ -377,6 +446,46 @@ mod tests {
         ] {
             let e = Config::parse(Path::new("t"), text, false).unwrap_err();
             assert!(e.to_string().contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn monitoring_keys() {
+        let c = Config::parse(
+            Path::new("t"),
+            "health_warning_after = \"2h\"\nhealth_critical_after = \"3h\"\n\
+             lag_warning_after = \"10s\"\nlag_critical_after = \"1m\"\nverify_interval = \"off\"\n\
+             metrics_addr = \":9000\"\nwebhook_url = \"https://h/x?token=t\"\nwebhook_heartbeat = true\n",
+            false,
+        )
+        .unwrap();
+        let m = &c.monitor;
+        assert_eq!(m.thresholds.snapshot_warning, Duration::from_secs(7200));
+        assert_eq!(m.thresholds.lag_critical, Duration::from_secs(60));
+        assert_eq!(m.verify_interval, None);
+        assert_eq!(
+            m.metrics_addr.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9000")
+        );
+        assert!(m.webhook_heartbeat);
+        assert!(
+            !format!("{c:?}").contains("token=t"),
+            "webhook URLs are redacted"
+        );
+        let d = Config::parse(Path::new("t"), "", false).unwrap().monitor;
+        assert_eq!(d, MonitorConfig::default());
+        for (text, needle) in [
+            (
+                "health_warning_after = \"3h\"\nhealth_critical_after = \"2h\"",
+                "exceed",
+            ),
+            ("verify_interval = \"0\"", "verify_interval"),
+            ("metrics_addr = \"everywhere\"", "metrics_addr"),
+            ("webhook_url = \"ftp://secret@x\"", "webhook_url"),
+        ] {
+            let e = Config::parse(Path::new("t"), text, false).unwrap_err();
+            assert!(e.to_string().contains(needle), "{text}: {e}");
+            assert!(!e.to_string().contains("secret@"), "{e}");
         }
     }
 

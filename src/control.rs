@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::capture::{state_dir, EngineStatus, Replication};
+use crate::monitor::{DbMonitor, VerifyOutcome};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
@@ -25,6 +26,16 @@ pub struct Reply {
     pub error: Option<String>,
     pub snapshot: Option<String>,
     pub status: Option<EngineStatusWire>,
+    /// The last scheduled verification (absent from older processes).
+    #[serde(default)]
+    pub verification: Option<VerifyOutcome>,
+}
+
+/// What the running process reports.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub engine: EngineStatus,
+    pub verification: Option<VerifyOutcome>,
 }
 
 /// `EngineStatus` as sent over the socket.
@@ -34,10 +45,12 @@ pub fn socket_path(db_path: &Path) -> PathBuf {
     state_dir(db_path).join("control.sock")
 }
 
-/// Serves requests for `rep` until the returned task is aborted.
+/// Serves requests for `rep` until the returned task is aborted; `monitor`
+/// adds its verification results to status replies.
 pub fn serve(
     db_path: &Path,
     rep: Arc<Replication>,
+    monitor: Option<Arc<DbMonitor>>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let path = socket_path(db_path);
     let _ = std::fs::remove_file(&path);
@@ -45,14 +58,19 @@ pub fn serve(
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let rep = Arc::clone(&rep);
+            let verification = monitor.as_ref().and_then(|m| m.state().last_verify);
             tokio::spawn(async move {
-                let _ = handle(stream, &rep).await;
+                let _ = handle(stream, &rep, verification).await;
             });
         }
     }))
 }
 
-async fn handle(stream: UnixStream, rep: &Replication) -> std::io::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    rep: &Replication,
+    verification: Option<VerifyOutcome>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
@@ -64,6 +82,7 @@ async fn handle(stream: UnixStream, rep: &Replication) -> std::io::Result<()> {
                 error: None,
                 snapshot: None,
                 status: serde_json::to_value(s).ok(),
+                verification,
             },
             Err(e) => error_reply(e.to_string()),
         },
@@ -73,6 +92,7 @@ async fn handle(stream: UnixStream, rep: &Replication) -> std::io::Result<()> {
                 error: None,
                 snapshot: Some(key),
                 status: None,
+                verification: None,
             },
             Err(e) => error_reply(e.to_string()),
         },
@@ -88,6 +108,7 @@ fn error_reply(error: String) -> Reply {
         error: Some(error),
         snapshot: None,
         status: None,
+        verification: None,
     }
 }
 
@@ -105,6 +126,14 @@ pub async fn request(db_path: &Path, req: &Request) -> std::io::Result<Reply> {
 
 /// The running process's status, if one answers.
 pub async fn live_status(db_path: &Path) -> Option<EngineStatus> {
+    live(db_path).await.map(|l| l.engine)
+}
+
+/// The running process's status and last verification, if one answers.
+pub async fn live(db_path: &Path) -> Option<Live> {
     let reply = request(db_path, &Request::Status).await.ok()?;
-    serde_json::from_value(reply.status?).ok()
+    Some(Live {
+        engine: serde_json::from_value(reply.status?).ok()?,
+        verification: reply.verification,
+    })
 }

@@ -14,7 +14,10 @@ pub mod control;
 pub mod crypto;
 pub mod error;
 pub mod format;
+pub mod health;
 pub mod lease;
+pub mod metrics;
+pub mod monitor;
 pub mod replica;
 pub mod restore;
 pub mod retention;
@@ -23,6 +26,7 @@ pub mod status;
 pub mod store;
 pub mod verify;
 pub mod wal;
+pub mod webhook;
 
 pub use capture::{replicate_once, CaptureOptions, EngineStatus, Replication};
 pub use catalog::{Catalog, Window};

@@ -4,7 +4,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::capture::{wal_path, EngineStatus, ReplicationLock};
-use crate::catalog::{fetch_header, Catalog, Window};
+use crate::catalog::{fetch_header, parse_key, Catalog, Window};
+use crate::health::{assess, Health, Inputs, Thresholds};
+use crate::monitor::VerifyOutcome;
 use crate::store::{ObjectStore, StoreError};
 use crate::wal::WalFile;
 
@@ -19,10 +21,36 @@ pub struct Status {
     pub last_shipped_txid: u64,
     pub pending_commits: Option<u64>,
     pub lag_ms: Option<u64>,
+    /// WAL bytes of the commits not yet in the replica.
+    pub lag_bytes: Option<u64>,
     pub wal_bytes: u64,
     pub last_snapshot_time_ms: Option<i64>,
+    pub last_snapshot_txid: Option<u64>,
+    pub last_snapshot_age_ms: Option<u64>,
     pub window: Option<WindowJson>,
     pub last_error: Option<String>,
+    /// The running process's last scheduled verification.
+    pub last_verification: Option<VerifyOutcome>,
+    /// Set by [`Status::assess`].
+    pub health: Option<Health>,
+}
+
+impl Status {
+    /// Applies the health rules at `now_ms` (and fills in the snapshot age).
+    pub fn assess(&mut self, now_ms: i64, thresholds: &Thresholds) -> &Health {
+        self.last_snapshot_age_ms = self
+            .last_snapshot_time_ms
+            .map(|t| now_ms.saturating_sub(t).max(0) as u64);
+        let inputs = Inputs {
+            last_snapshot_ms: self.last_snapshot_time_ms,
+            snapshot_current: self.pending_commits == Some(0)
+                && self.last_snapshot_txid == Some(self.last_shipped_txid),
+            lag_ms: self.lag_ms,
+            replicating: self.replicating,
+            last_verify_ok: self.last_verification.as_ref().map(|v| v.ok),
+        };
+        self.health.insert(assess(now_ms, &inputs, thresholds))
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -67,23 +95,39 @@ pub async fn status(
         last_shipped_txid: catalog.max_txid(),
         pending_commits: None,
         lag_ms: None,
+        lag_bytes: None,
         wal_bytes,
         last_snapshot_time_ms: catalog.snapshots.last().map(|o| o.max_time_ms),
+        last_snapshot_txid: catalog.snapshots.last().map(|o| o.max_txid),
+        last_snapshot_age_ms: None,
         window: catalog.window().map(Into::into),
         last_error: None,
+        last_verification: None,
+        health: None,
     };
     if let Some(live) = live {
         s.last_shipped_txid = s.last_shipped_txid.max(live.last_shipped_txid);
         s.pending_commits = Some(live.pending_commits);
         s.last_committed_txid = Some(s.last_shipped_txid + live.pending_commits);
         s.lag_ms = Some(live.lag_ms);
+        s.lag_bytes = Some(live.pending_bytes);
         s.wal_bytes = s.wal_bytes.max(live.wal_bytes);
-        s.last_snapshot_time_ms = s.last_snapshot_time_ms.or(live.last_snapshot_time_ms);
+        if let Some(info) = live
+            .last_snapshot_key
+            .as_deref()
+            .and_then(|k| parse_key(k, 0))
+        {
+            if Some(info.max_txid) > s.last_snapshot_txid {
+                s.last_snapshot_txid = Some(info.max_txid);
+                s.last_snapshot_time_ms = Some(info.max_time_ms);
+            }
+        }
         s.last_error = replica_error.or(live.last_error);
         return Ok(s);
     }
-    if let Some(pending) = pending_from_wal(db, store, &catalog).await {
+    if let Some((pending, bytes)) = pending_from_wal(db, store, &catalog).await {
         s.pending_commits = Some(pending);
+        s.lag_bytes = Some(bytes);
         s.last_committed_txid = Some(s.last_shipped_txid + pending);
         let age = std::fs::metadata(wal_path(db))
             .and_then(|m| m.modified())
@@ -95,13 +139,13 @@ pub async fn status(
     Ok(s)
 }
 
-/// Commits in the WAL after the replica's last recorded position, when the WAL
-/// is still the generation the replica last saw.
+/// Commits (and their WAL bytes) in the WAL after the replica's last recorded
+/// position, when the WAL is still the generation the replica last saw.
 async fn pending_from_wal(
     db: &Path,
     store: &Arc<dyn ObjectStore>,
     catalog: &Catalog,
-) -> Option<u64> {
+) -> Option<(u64, u64)> {
     let newest = catalog.newest()?;
     let header = fetch_header(store, newest).await.ok()?;
     let p = header.wal?;
@@ -110,5 +154,10 @@ async fn pending_from_wal(
     if h.salt1 != p.salt1 || h.salt2 != p.salt2 {
         return None;
     }
-    Some(wal.scan_commits(&h, p.frame, p.checksum).ok()?.len() as u64)
+    let commits = wal.scan_commits(&h, p.frame, p.checksum).ok()?;
+    let frames: usize = commits.iter().map(|c| c.frames.len()).sum();
+    Some((
+        commits.len() as u64,
+        frames as u64 * (24 + u64::from(h.page_size)),
+    ))
 }

@@ -127,7 +127,7 @@ fn continuous_replication_restores_every_txid_and_time() {
         p(&env.db),
         OsStr::new(&replica),
     ]);
-    status.assert_success();
+    status.assert_status_answered();
     let s = status.json();
     assert_eq!(
         s["last_shipped_txid"].as_u64(),
@@ -865,6 +865,24 @@ fn verify_finds_every_kind_of_damage() {
     o.assert_mentions("snapshot");
     assert_restore_refused(&r, &outs.join("no-snapshot.db"), &[]);
 
+    // (h) an object of another replica's lineage copied in: its txids collide
+    let other_db = env.path("other.db");
+    let other = env.path("other-replica");
+    let mut other_app = App::create_seeded(&other_db, 99);
+    replicate_once(&other_db, &other.display().to_string());
+    other_app.commit_insert_many(5);
+    replicate_once(&other_db, &other.display().to_string());
+    let foreign = segments(&list_json(&other.display().to_string())).remove(0);
+    let (_, o) = damaged("a segment from another lineage", &|r| {
+        fs::copy(
+            object_path(&other, &foreign.key),
+            object_path(r, &foreign.key),
+        )
+        .expect("copying a foreign segment");
+    });
+    o.assert_mentions(&foreign.key)
+        .assert_mentions("another replica");
+
     // The original replica is untouched by all of this.
     walstream(["verify", &replica]).assert_success();
 }
@@ -984,7 +1002,7 @@ fn second_replicate_is_refused_and_snapshot_goes_through_the_running_one() {
         p(&env.db),
         OsStr::new(&replica),
     ]);
-    status.assert_success();
+    status.assert_status_answered();
     assert_eq!(
         status.json()["replicating"].as_bool(),
         Some(false),

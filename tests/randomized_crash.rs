@@ -520,7 +520,8 @@ fn live_status(db: &Path, replica: &Path) -> Option<LiveStatus> {
         db.to_str().unwrap(),
         replica.to_str().unwrap(),
     ]);
-    if !status.success() {
+    // Exit 1 and 2 are health levels (warning, critical): still an answer.
+    if !matches!(status.code(), Some(0..=2)) {
         return None;
     }
     let v: serde_json::Value = serde_json::from_str(&out).ok()?;

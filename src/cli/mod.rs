@@ -1,6 +1,7 @@
 //! Maps command-line arguments to library calls.
 
 mod keys;
+mod monitoring;
 mod output;
 mod prune;
 
@@ -57,6 +58,10 @@ enum Command {
         /// One pass: snapshot if needed, ship everything committed, exit.
         #[arg(long)]
         once: bool,
+        /// Serve /metrics and /health here (HOST:PORT, e.g. 127.0.0.1:9157;
+        /// `:PORT` is loopback). Overrides the config's metrics_addr.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
     },
     /// Restore a database from a replica (latest, or to a txid or time).
     Restore {
@@ -96,11 +101,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Read every object and check checksums, continuity and coverage.
+    /// Read every object and check checksums, continuity and coverage
+    /// (exit 0 intact, 1 problems found, 2 could not run).
     Verify {
         replica: String,
         #[arg(long)]
         json: bool,
+        /// Also restore the latest txid and --points random ones into a scratch
+        /// directory, each proven by checksum and PRAGMA integrity_check.
+        #[arg(long)]
+        deep: bool,
+        /// Random txids of the window that --deep restores besides the latest.
+        #[arg(long, default_value_t = 3, requires = "deep")]
+        points: usize,
+        /// Seed choosing the --deep points (default: random, printed).
+        #[arg(long, requires = "deep")]
+        seed: Option<u64>,
+        /// Where --deep restores (default: the system temp dir); needs room
+        /// for one copy of the database.
+        #[arg(long, requires = "deep")]
+        scratch_dir: Option<PathBuf>,
+        /// Read only share K of N (by a stable hash of each object's key), so
+        /// that runs with K = 1..N together read every object once.
+        #[arg(long, value_name = "K/N")]
+        sample: Option<walstream::verify::Sample>,
         /// Read encryption keys from this config file (else the environment).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -143,12 +167,20 @@ enum Command {
     },
     /// Undo `pin`: the snapshot is subject to the retention policy again.
     Unpin { replica: String, snapshot: String },
-    /// Last committed and shipped txid, lag, last snapshot.
+    /// Positions, lag, last snapshot, verification and health (exit 0 healthy,
+    /// 1 warning, 2 critical, 3 could not tell).
     Status {
-        db: PathBuf,
-        replica: String,
+        /// The database (default: every [[db]] of --config).
+        db: Option<PathBuf>,
+        replica: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Take the health thresholds (and, without DB_PATH REPLICA_URL, the
+        /// databases) from this config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        no_expand_env: bool,
     },
 }
 
@@ -197,8 +229,10 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             config,
             no_expand_env,
             once,
+            metrics_addr,
         } => {
-            let (dbs, opts) = targets(db, replica, config, !no_expand_env)?;
+            let t = targets(db, replica, config, !no_expand_env)?;
+            let (dbs, opts) = (t.dbs, t.opts);
             if once {
                 for (db, url) in dbs {
                     walstream::replicate_once(
@@ -212,7 +246,14 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            replicate(dbs, opts).await
+            let mut monitor = t.monitor;
+            if let Some(a) = metrics_addr {
+                monitor.metrics_addr = Some(
+                    walstream::monitor::parse_metrics_addr(&a)
+                        .ok_or_else(|| anyhow!("--metrics-addr {a:?}: use HOST:PORT"))?,
+                );
+            }
+            replicate(dbs, opts, monitor, t.keys).await
         }
         Command::Restore {
             replica,
@@ -280,11 +321,31 @@ async fn run(cmd: Command) -> Result<ExitCode> {
         Command::Verify {
             replica,
             json,
+            deep,
+            points,
+            seed,
+            scratch_dir,
+            sample,
             config,
             no_expand_env,
         } => {
-            let keys = keys::keyring(config.as_deref(), !no_expand_env)?;
-            output::verify(&ReplicaUrl::parse(&replica)?.open()?, json, &keys).await
+            let run = async {
+                let keys = keys::keyring(config.as_deref(), !no_expand_env)?;
+                let store = ReplicaUrl::parse(&replica)?.open()?;
+                let deep = deep.then(|| walstream::verify::deep::DeepOptions {
+                    points,
+                    seed: seed.unwrap_or_else(rand::random),
+                    keys: keys.clone(),
+                    scratch: scratch_dir,
+                });
+                let opts = walstream::verify::VerifyOptions { keys, sample };
+                output::verify(&store, json, &opts, deep.as_ref()).await
+            };
+            // 1 means "problems found": a run that could not finish says 2.
+            Ok(run.await.unwrap_or_else(|e| {
+                eprintln!("error: {}", output::error_chain(&e));
+                ExitCode::from(2)
+            }))
         }
         Command::Prune {
             replica,
@@ -327,11 +388,49 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             input,
             output,
         } => keys::decrypt(&key_env, &input, &output),
-        Command::Status { db, replica, json } => {
-            let db = std::path::absolute(&db)?;
-            output::status(&db, &ReplicaUrl::parse(&replica)?.open()?, json).await
+        Command::Status {
+            db,
+            replica,
+            json,
+            config,
+            no_expand_env,
+        } => {
+            let run = async {
+                let cfg = match &config {
+                    Some(path) => Some(Config::load(path, !no_expand_env)?),
+                    None => None,
+                };
+                let thresholds = cfg.as_ref().map(|c| c.monitor.thresholds);
+                let (targets, many) = match (db, replica, cfg) {
+                    (Some(db), Some(r), _) => (vec![(db, ReplicaUrl::parse(&r)?)], false),
+                    (None, None, Some(c)) => (
+                        c.dbs.into_iter().map(|d| (d.path, d.replica)).collect(),
+                        true,
+                    ),
+                    _ => bail!("give DB_PATH REPLICA_URL, or --config FILE for all its databases"),
+                };
+                let mut opened = Vec::new();
+                for (db, url) in targets {
+                    opened.push((std::path::absolute(&db)?, url.open()?));
+                }
+                let flags = output::StatusFlags { json, many };
+                output::status(&opened, flags, &thresholds.unwrap_or_default()).await
+            };
+            // 1 and 2 are health levels: a status that cannot be told is 3.
+            Ok(run.await.unwrap_or_else(|e| {
+                eprintln!("error: {}", output::error_chain(&e));
+                ExitCode::from(3)
+            }))
         }
     }
+}
+
+/// What `replicate` runs: databases, capture options, monitoring, keys.
+struct Targets {
+    dbs: Vec<(PathBuf, ReplicaUrl)>,
+    opts: CaptureOptions,
+    monitor: walstream::monitor::MonitorConfig,
+    keys: walstream::Keyring,
 }
 
 /// Databases to replicate, from arguments or the config file.
@@ -340,28 +439,35 @@ fn targets(
     replica: Option<String>,
     config: Option<PathBuf>,
     expand: bool,
-) -> Result<(Vec<(PathBuf, ReplicaUrl)>, CaptureOptions)> {
+) -> Result<Targets> {
     match (db, replica, config) {
-        (Some(db), Some(r), None) => Ok((
-            vec![(db, ReplicaUrl::parse(&r)?)],
-            CaptureOptions {
-                encryption: keys::settings(None)?.encrypt_with,
-                ..CaptureOptions::default()
-            },
-        )),
+        (Some(db), Some(r), None) => {
+            let keys = keys::settings(None)?;
+            Ok(Targets {
+                dbs: vec![(db, ReplicaUrl::parse(&r)?)],
+                opts: CaptureOptions {
+                    encryption: keys.encrypt_with,
+                    ..CaptureOptions::default()
+                },
+                monitor: Default::default(),
+                keys: keys.keyring,
+            })
+        }
         (None, None, Some(path)) => {
             let c = Config::load(&path, expand)?;
             if c.dbs.is_empty() {
                 bail!("config {} lists no [[db]]", path.display());
             }
-            let encryption = keys::settings(Some(&c))?.encrypt_with;
-            Ok((
-                c.dbs.into_iter().map(|d| (d.path, d.replica)).collect(),
-                CaptureOptions {
-                    encryption,
+            let keys = keys::settings(Some(&c))?;
+            Ok(Targets {
+                dbs: c.dbs.into_iter().map(|d| (d.path, d.replica)).collect(),
+                opts: CaptureOptions {
+                    encryption: keys.encrypt_with,
                     ..c.capture
                 },
-            ))
+                monitor: c.monitor,
+                keys: keys.keyring,
+            })
         }
         (Some(_), None, None) => {
             bail!("missing REPLICA_URL: walstream replicate DB_PATH REPLICA_URL")
@@ -408,21 +514,37 @@ fn parse_time(s: &str) -> Result<i64> {
     Ok(t.timestamp_millis())
 }
 
-async fn replicate(dbs: Vec<(PathBuf, ReplicaUrl)>, opts: CaptureOptions) -> Result<ExitCode> {
+async fn replicate(
+    dbs: Vec<(PathBuf, ReplicaUrl)>,
+    opts: CaptureOptions,
+    monitor: walstream::monitor::MonitorConfig,
+    keys: walstream::Keyring,
+) -> Result<ExitCode> {
     // Installed before start-up so a signal during the first snapshot is not lost.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut running = Vec::new();
+    let mut monitors = Vec::new();
     for (db, url) in dbs {
-        let rep = Replication::start(&db, url.open()?, with_store_defaults(&opts, &url))
+        let store = url.open()?;
+        let rep = Replication::start(&db, Arc::clone(&store), with_store_defaults(&opts, &url))
             .await
             .with_context(|| format!("starting replication of {} to {url}", db.display()))?;
         let rep = Arc::new(rep);
-        let server = control::serve(&std::path::absolute(&db)?, Arc::clone(&rep))
+        let abs = std::path::absolute(&db)?;
+        let mon = Arc::new(walstream::monitor::DbMonitor::new(
+            abs.clone(),
+            Arc::clone(&rep),
+            store,
+            monitor.thresholds,
+        ));
+        let server = control::serve(&abs, Arc::clone(&rep), Some(Arc::clone(&mon)))
             .with_context(|| format!("opening the control socket for {}", db.display()))?;
         tracing::info!(db = %db.display(), replica = %url, "replicating");
         running.push((db, rep, server));
+        monitors.push(mon);
     }
+    let tasks = monitoring::start(&monitor, monitors, &keys).await?;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -437,6 +559,9 @@ async fn replicate(dbs: Vec<(PathBuf, ReplicaUrl)>, opts: CaptureOptions) -> Res
         }
     }
     tracing::info!("shutting down: shipping what is committed");
+    for t in tasks {
+        t.abort();
+    }
     let mut failed = false;
     for (db, rep, server) in running {
         server.abort();

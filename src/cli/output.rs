@@ -10,6 +10,7 @@ use serde_json::json;
 
 use walstream::catalog::{Catalog, ObjectInfo};
 use walstream::restore::format_time;
+use walstream::verify::deep::DeepOptions;
 use walstream::{ObjectStore, RestoreError, RestoreOptions};
 
 /// The error and its causes, like `{:#}`, but without repeating a cause the
@@ -196,9 +197,14 @@ pub async fn list(store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitCod
 pub async fn verify(
     store: &Arc<dyn ObjectStore>,
     as_json: bool,
-    keys: &walstream::crypto::Keyring,
+    opts: &walstream::verify::VerifyOptions,
+    deep: Option<&DeepOptions>,
 ) -> Result<ExitCode> {
-    let report = walstream::verify::verify_with_keys(store, keys).await?;
+    let mut report = walstream::verify::verify_with(store, opts).await?;
+    let checks = match deep {
+        Some(d) => Some(walstream::verify::deep::deep_verify(store, d, &mut report).await?),
+        None => None,
+    };
     if as_json {
         println!(
             "{}",
@@ -210,33 +216,60 @@ pub async fn verify(
                 "problems": report.problems,
                 "unencrypted_objects": report.unencrypted_objects,
                 "keys": report.keys,
+                "sample": report.sample.map(|s| s.to_string()),
+                "checked_keys": report.checked_keys,
+                "deep": deep.map(|d| json!({"seed": d.seed, "restores": checks})),
             }))?
         );
     } else {
-        for p in &report.problems {
-            let sev = match p.severity {
-                walstream::verify::Severity::Error => "ERROR",
-                walstream::verify::Severity::Warning => "warning",
-            };
-            match &p.key {
-                Some(k) => println!("{sev}: {k}: {}", p.problem),
-                None => println!("{sev}: {}", p.problem),
-            }
-        }
-        print_key_usage(&report);
-        println!(
-            "{}: {} objects, {} bytes, {} commits checked",
-            if report.is_ok() { "OK" } else { "FAILED" },
-            report.objects,
-            report.bytes,
-            report.commits_checked
-        );
+        print_verify_text(&report, deep, checks.as_deref());
     }
     Ok(if report.is_ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+fn print_verify_text(
+    report: &walstream::VerifyReport,
+    deep: Option<&DeepOptions>,
+    checks: Option<&[walstream::verify::deep::DeepCheck]>,
+) {
+    for p in &report.problems {
+        let sev = match p.severity {
+            walstream::verify::Severity::Error => "ERROR",
+            walstream::verify::Severity::Warning => "warning",
+        };
+        match &p.key {
+            Some(k) => println!("{sev}: {k}: {}", p.problem),
+            None => println!("{sev}: {}", p.problem),
+        }
+    }
+    print_key_usage(report);
+    if let Some(s) = report.sample {
+        println!(
+            "sample {s}: read {} of the replica's objects",
+            report.objects
+        );
+    }
+    if let (Some(d), Some(checks)) = (deep, checks) {
+        let txids: Vec<String> = checks.iter().map(|c| c.txid.to_string()).collect();
+        let good = checks.iter().filter(|c| c.ok).count();
+        println!(
+            "deep (seed {}): restored txids {}: {good} of {} proven",
+            d.seed,
+            txids.join(", "),
+            checks.len()
+        );
+    }
+    println!(
+        "{}: {} objects, {} bytes, {} commits checked",
+        if report.is_ok() { "OK" } else { "FAILED" },
+        report.objects,
+        report.bytes,
+        report.commits_checked
+    );
 }
 
 /// Which keys the replica's objects need: a rotation is complete once no
@@ -259,16 +292,78 @@ fn print_key_usage(report: &walstream::VerifyReport) {
     }
 }
 
-pub async fn status(db: &Path, store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitCode> {
-    let live = walstream::control::live_status(db).await;
-    let s = walstream::status::status(db, store, live).await?;
-    if as_json {
-        let mut v = serde_json::to_value(&s)?;
-        v["last_snapshot_time"] = json!(s.last_snapshot_time_ms.map(format_time));
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
+pub struct StatusFlags {
+    pub json: bool,
+    /// Several databases (from a config): JSON is an array, text is separated.
+    pub many: bool,
+}
+
+/// Exit code: the worst health level, 3 when some status could not be told.
+pub async fn status(
+    targets: &[(std::path::PathBuf, Arc<dyn ObjectStore>)],
+    flags: StatusFlags,
+    thresholds: &walstream::health::Thresholds,
+) -> Result<ExitCode> {
+    let mut worst = 0u8;
+    let mut all = Vec::new();
+    for (db, store) in targets {
+        match status_of(db, store, thresholds).await {
+            Ok(s) => {
+                worst = worst.max(s.health.as_ref().map_or(3, |h| h.level.exit_code()));
+                all.push(s);
+            }
+            Err(e) if flags.many => {
+                eprintln!("error: {}: {}", db.display(), error_chain(&e));
+                worst = 3;
+            }
+            Err(e) => return Err(e),
+        }
     }
+    if flags.json {
+        let values = all.iter().map(status_json).collect::<Result<Vec<_>>>()?;
+        let v = match flags.many {
+            true => serde_json::Value::Array(values),
+            false => values.into_iter().next().unwrap_or_default(),
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for (i, s) in all.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            print_status(s);
+        }
+    }
+    Ok(ExitCode::from(worst))
+}
+
+async fn status_of(
+    db: &Path,
+    store: &Arc<dyn ObjectStore>,
+    thresholds: &walstream::health::Thresholds,
+) -> Result<walstream::status::Status> {
+    let live = walstream::control::live(db).await;
+    let verification = live.as_ref().and_then(|l| l.verification.clone());
+    let mut s = walstream::status::status(db, store, live.map(|l| l.engine)).await?;
+    s.last_verification = verification;
+    s.assess(chrono::Utc::now().timestamp_millis(), thresholds);
+    Ok(s)
+}
+
+fn status_json(s: &walstream::status::Status) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(s)?;
+    v["last_snapshot_time"] = json!(s.last_snapshot_time_ms.map(format_time));
+    Ok(v)
+}
+
+fn print_status(s: &walstream::status::Status) {
     let opt = |v: Option<u64>| v.map_or("unknown".to_string(), |n| n.to_string());
+    if let Some(h) = &s.health {
+        println!("health:              {}", h.level.as_str().to_uppercase());
+        for r in &h.reasons {
+            println!("  - {r}");
+        }
+    }
     println!("database:            {}", s.database);
     println!("replica:             {}", s.replica);
     println!(
@@ -279,16 +374,21 @@ pub async fn status(db: &Path, store: &Arc<dyn ObjectStore>, as_json: bool) -> R
     println!("last shipped txid:   {}", s.last_shipped_txid);
     println!("pending commits:     {}", opt(s.pending_commits));
     println!(
-        "lag:                 {}",
+        "lag:                 {}, {} bytes",
         s.lag_ms.map_or("unknown".into(), |ms| format!(
             "{:.3} s",
             ms as f64 / 1000.0
-        ))
+        )),
+        opt(s.lag_bytes)
     );
     println!("WAL size:            {} bytes", s.wal_bytes);
     println!(
-        "last snapshot:       {}",
-        s.last_snapshot_time_ms.map_or("none".into(), format_time)
+        "last snapshot:       {}{}",
+        s.last_snapshot_time_ms.map_or("none".into(), format_time),
+        s.last_snapshot_age_ms.map_or(String::new(), |a| format!(
+            " ({:.1} h ago)",
+            a as f64 / 3.6e6
+        ))
     );
     if let Some(w) = &s.window {
         println!(
@@ -299,8 +399,18 @@ pub async fn status(db: &Path, store: &Arc<dyn ObjectStore>, as_json: bool) -> R
             format_time(w.max_time_ms)
         );
     }
+    if let Some(v) = &s.last_verification {
+        println!(
+            "last verification:   {} at {} (txid {})",
+            if v.ok { "passed" } else { "FAILED" },
+            format_time(v.time_ms),
+            opt(v.txid)
+        );
+        for p in &v.problems {
+            println!("  - {p}");
+        }
+    }
     if let Some(e) = &s.last_error {
         println!("last error:          {e}");
     }
-    Ok(ExitCode::SUCCESS)
 }

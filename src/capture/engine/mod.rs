@@ -43,6 +43,17 @@ pub struct EngineStatus {
     pub last_snapshot_time_ms: Option<i64>,
     pub checkpoints: u64,
     pub last_error: Option<String>,
+    /// WAL bytes (frames with their headers) of the unshipped commits.
+    #[serde(default)]
+    pub pending_bytes: u64,
+    /// Failed engine steps since start (each is retried).
+    #[serde(default)]
+    pub errors: u64,
+    #[serde(default)]
+    pub last_snapshot_duration_ms: Option<u64>,
+    /// The whole three-step PASSIVE checkpoint cycle.
+    #[serde(default)]
+    pub last_checkpoint_duration_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -286,6 +297,7 @@ impl Engine {
     fn record_error(&mut self, e: &CaptureError) {
         tracing::error!(db = %self.db_path.display(), error = %e, "replication error; retrying");
         self.status.last_error = Some(e.to_string());
+        self.status.errors += 1;
     }
 
     fn src(&mut self) -> Result<&mut Source, CaptureError> {
@@ -569,6 +581,7 @@ impl Engine {
     /// After step 3 everything in the WAL was shipped when the pin was taken, so a
     /// later WAL restart cannot drop anything unshipped.
     fn checkpoint_cycle(&mut self) -> Result<(), CaptureError> {
+        let started = Instant::now();
         if self.with_writers_held(|src| src.pin())?.is_none() {
             return Ok(());
         }
@@ -586,6 +599,7 @@ impl Engine {
             return Ok(());
         };
         self.status.checkpoints += 1;
+        self.status.last_checkpoint_duration_ms = Some(started.elapsed().as_millis() as u64);
         let lin = self.lin()?;
         lin.reset_safe = true;
         if let Pos::Known(p) = lin.pos {
@@ -625,21 +639,25 @@ impl Engine {
             .map_or(0, |t| t.elapsed().as_millis() as u64);
         if let Some(src) = &self.src {
             s.wal_bytes = std::fs::metadata(&src.wal_path).map_or(0, |m| m.len());
-            s.pending_commits = self.pending_commits().unwrap_or(0);
+            (s.pending_commits, s.pending_bytes) = self.pending_commits().unwrap_or((0, 0));
         }
         s
     }
 
-    fn pending_commits(&self) -> Result<u64, CaptureError> {
+    /// Unshipped commits and their WAL bytes.
+    fn pending_commits(&self) -> Result<(u64, u64), CaptureError> {
         let (Some(src), Some(lin)) = (&self.src, &self.lin) else {
-            return Ok(0);
+            return Ok((0, 0));
         };
         let wal = WalFile::open(&src.wal_path)?;
         Ok(match (lin.pos, wal.header()?) {
             (Pos::Known(p), Some(h)) if h.salt1 == p.salt1 && h.salt2 == p.salt2 => {
-                wal.scan_commits(&h, p.frame, p.checksum)?.len() as u64
+                let commits = wal.scan_commits(&h, p.frame, p.checksum)?;
+                let frames: usize = commits.iter().map(|c| c.frames.len()).sum();
+                let bytes = frames as u64 * (24 + u64::from(h.page_size));
+                (commits.len() as u64, bytes)
             }
-            _ => 0,
+            _ => (0, 0),
         })
     }
 }

@@ -180,8 +180,10 @@ impl Engine {
             _ => Vec::new(),
         };
         tracing::info!(db = %self.db_path.display(), txid, why, "taking a snapshot");
+        let started = Instant::now();
         let (key, hashes) =
             self.write_snapshot(id, page_size, txid, time, pos, header, &overlay)?;
+        self.status.last_snapshot_duration_ms = Some(started.elapsed().as_millis() as u64);
         if hashes.checksum() != expected {
             tracing::error!(%key, txid, "snapshot checksum differs from the tracked state; tracking the snapshot's");
             self.lin()?.hashes = hashes;
