@@ -245,14 +245,6 @@ fn rotated_keys_restore_across_both() {
         .assert_mentions(&format!("key {a_id}"));
 }
 
-/// Snapshots and segments: `lease/` holds the writer's JSON lease record,
-/// which is not an object to decrypt.
-fn data_objects(replica: &str) -> Vec<(String, Vec<u8>)> {
-    let mut objects = replica_objects(replica);
-    objects.retain(|(name, _)| !name.starts_with("lease/"));
-    objects
-}
-
 #[test]
 fn decrypt_gives_plain_objects_that_restore_without_a_key() {
     let env = Env::new();
