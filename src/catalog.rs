@@ -200,10 +200,10 @@ impl Catalog {
             if seg.lineage != snapshot.lineage || exclude.contains(&seg.key) {
                 continue;
             }
-            if seg.min_txid <= end + 1 && seg.max_txid > end {
+            if seg.min_txid <= end.saturating_add(1) && seg.max_txid > end {
                 segments.push(seg);
                 end = seg.max_txid;
-            } else if seg.min_txid > end + 1 {
+            } else if seg.min_txid > end.saturating_add(1) {
                 break;
             }
         }
@@ -229,7 +229,7 @@ impl Catalog {
         let mut window: Option<Window> = None;
         for c in &chains {
             match &mut window {
-                Some(w) if c.snapshot.max_txid <= w.max_txid + 1 => {
+                Some(w) if c.snapshot.max_txid <= w.max_txid.saturating_add(1) => {
                     if c.max_txid() > w.max_txid {
                         w.max_txid = c.max_txid();
                         w.max_time_ms = c.max_time_ms();
@@ -286,6 +286,29 @@ mod tests {
         // Txids 5 and 6 do not restore: the window is what ends at the newest.
         let w = cat.window().unwrap();
         assert_eq!((w.min_txid, w.max_txid), (7, 9));
+    }
+
+    /// Found by fuzzing (fuzz/ target catalog_keys): a name with the largest
+    /// txid overflowed `txid + 1` while chaining.
+    #[test]
+    fn names_with_the_largest_txid_do_not_overflow() {
+        let cat = Catalog::from_keys(
+            &[
+                snapshot_key(u64::MAX, 1, 0),
+                segment_key(5, 6, 1, 0, 0),
+                snapshot_key(u64::MAX - 1, 2, 0),
+                segment_key(u64::MAX, u64::MAX, 2, 0, 0),
+            ],
+            1,
+        );
+        let chains = cat.chains(&HashSet::new());
+        assert_eq!(chains.len(), 2);
+        assert_eq!(chains[0].max_txid(), u64::MAX);
+        assert!(chains[0].segments.is_empty());
+        assert_eq!(chains[1].max_txid(), u64::MAX);
+        assert_eq!(chains[1].segments.len(), 1);
+        let w = cat.window().unwrap();
+        assert_eq!((w.min_txid, w.max_txid), (u64::MAX - 1, u64::MAX));
     }
 }
 
