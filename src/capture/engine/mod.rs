@@ -99,6 +99,9 @@ struct Engine {
     status: EngineStatus,
     unshipped_since: Option<Instant>,
     lease: Option<crate::lease::Lease>,
+    /// The newest commit time the replica holds: a new lineage's snapshot is
+    /// never dated before it, even after the clock moved backwards.
+    time_floor_ms: i64,
 }
 
 fn now_ms() -> i64 {
@@ -223,6 +226,7 @@ impl Engine {
             status: EngineStatus::default(),
             unshipped_since: None,
             lease: None,
+            time_floor_ms: 0,
         }
     }
 
