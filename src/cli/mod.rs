@@ -57,6 +57,10 @@ enum Command {
         /// One pass: snapshot if needed, ship everything committed, exit.
         #[arg(long)]
         once: bool,
+        /// Switch a database in rollback-journal mode to WAL mode first
+        /// (persistent; without it such a database is refused).
+        #[arg(long)]
+        enable_wal: bool,
     },
     /// Restore a database from a replica (latest, or to a txid or time).
     Restore {
@@ -197,8 +201,16 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             config,
             no_expand_env,
             once,
+            enable_wal,
         } => {
             let (dbs, opts) = targets(db, replica, config, !no_expand_env)?;
+            if enable_wal {
+                for (db, _) in &dbs {
+                    if let Some(from) = walstream::capture::enable_wal(db, opts.busy_timeout)? {
+                        tracing::info!(db = %db.display(), from, "switched the database to WAL mode");
+                    }
+                }
+            }
             if once {
                 for (db, url) in dbs {
                     walstream::replicate_once(
