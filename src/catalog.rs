@@ -203,7 +203,11 @@ impl Catalog {
         let mut best: Option<&ObjectInfo> = None;
         let mut i = 0;
         loop {
-            while let Some(seg) = self.segments.get(i).filter(|s| s.min_txid <= end + 1) {
+            while let Some(seg) = self
+                .segments
+                .get(i)
+                .filter(|s| s.min_txid <= end.saturating_add(1))
+            {
                 if usable(seg) && seg.max_txid > best.map_or(end, |b| b.max_txid) {
                     best = Some(seg);
                 }
@@ -239,7 +243,7 @@ impl Catalog {
         let mut window: Option<Window> = None;
         for c in &chains {
             match &mut window {
-                Some(w) if c.snapshot.max_txid <= w.max_txid + 1 => {
+                Some(w) if c.snapshot.max_txid <= w.max_txid.saturating_add(1) => {
                     if c.max_txid() > w.max_txid {
                         w.max_txid = c.max_txid();
                         w.max_time_ms = c.max_time_ms();
@@ -324,6 +328,29 @@ mod tests {
         // Txids 5 and 6 do not restore: the window is what ends at the newest.
         let w = cat.window().unwrap();
         assert_eq!((w.min_txid, w.max_txid), (7, 9));
+    }
+
+    /// Found by fuzzing (fuzz/ target catalog_keys): a name with the largest
+    /// txid overflowed `txid + 1` while chaining.
+    #[test]
+    fn names_with_the_largest_txid_do_not_overflow() {
+        let cat = Catalog::from_keys(
+            &[
+                snapshot_key(u64::MAX, 1, 0),
+                segment_key(5, 6, 1, 0, 0),
+                snapshot_key(u64::MAX - 1, 2, 0),
+                segment_key(u64::MAX, u64::MAX, 2, 0, 0),
+            ],
+            1,
+        );
+        let chains = cat.chains(&HashSet::new());
+        assert_eq!(chains.len(), 2);
+        assert_eq!(chains[0].max_txid(), u64::MAX);
+        assert!(chains[0].segments.is_empty());
+        assert_eq!(chains[1].max_txid(), u64::MAX);
+        assert_eq!(chains[1].segments.len(), 1);
+        let w = cat.window().unwrap();
+        assert_eq!((w.min_txid, w.max_txid), (u64::MAX - 1, u64::MAX));
     }
 }
 

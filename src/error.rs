@@ -19,13 +19,34 @@ pub enum CaptureError {
         "database {path} does not exist: check the path (walstream never creates the database)"
     )]
     DatabaseMissing { path: PathBuf },
+    #[error(
+        "cannot read database {path}: {source}: walstream needs read and write access to the \
+         database and write access to its directory; run it as the application's user"
+    )]
+    DatabaseAccess {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "directory {dir} of database {path} is not writable (permission denied): SQLite must create \
+         the -wal and -shm files there and walstream its state directory; give walstream's user \
+         write access to it"
+    )]
+    DirectoryNotWritable { path: PathBuf, dir: PathBuf },
     #[error("{path} is not a SQLite database (file header is not SQLite's)")]
     NotADatabase { path: PathBuf },
     #[error(
         "database {path} is in journal_mode={mode}, but walstream replicates WAL databases only: \
-         run `PRAGMA journal_mode=WAL;` on it once (the setting persists), then start walstream again"
+         run `PRAGMA journal_mode=WAL;` on it once (the setting persists), then start walstream again, \
+         or let `walstream replicate --enable-wal` switch it"
     )]
     NotWalMode { path: PathBuf, mode: String },
+    #[error(
+        "could not switch database {path} to WAL mode (it is still in journal_mode={mode}): \
+         another connection may be using it in rollback-journal mode; close it and try again"
+    )]
+    EnableWal { path: PathBuf, mode: String },
     #[error(
         "another walstream process is already replicating {path} (lock {lock} is held): stop it first, \
          or use `walstream snapshot`/`status`, which talk to the running process"

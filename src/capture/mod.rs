@@ -26,7 +26,7 @@ use crate::store::ObjectStore;
 
 pub use engine::EngineStatus;
 pub use lock::{state_dir, ReplicationLock};
-pub use source::{check_sqlite_version, wal_path};
+pub use source::{check_sqlite_version, enable_wal, wal_path};
 
 /// Settings of one replication.
 #[derive(Debug, Clone)]

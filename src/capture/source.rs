@@ -46,6 +46,20 @@ pub fn file_id(path: &Path) -> std::io::Result<Option<FileId>> {
     }
 }
 
+/// The identity of an existing database file (walstream never creates one).
+fn database_id(path: &Path) -> Result<FileId, CaptureError> {
+    match file_id(path) {
+        Ok(Some(id)) => Ok(id),
+        Ok(None) => Err(CaptureError::DatabaseMissing {
+            path: path.to_path_buf(),
+        }),
+        Err(source) => Err(CaptureError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 pub fn wal_path(db: &Path) -> PathBuf {
     let mut s = db.as_os_str().to_owned();
     s.push("-wal");
@@ -73,27 +87,16 @@ impl Source {
     /// Opens both connections and checks the database is usable.
     pub fn open(db_path: &Path, busy_timeout: Duration) -> Result<Source, CaptureError> {
         check_sqlite_version()?;
-        let db_id = match file_id(db_path) {
-            Ok(Some(id)) => id,
-            Ok(None) => {
-                return Err(CaptureError::DatabaseMissing {
-                    path: db_path.to_path_buf(),
-                })
-            }
-            Err(source) => {
-                return Err(CaptureError::Io {
-                    path: db_path.to_path_buf(),
-                    source,
-                })
-            }
-        };
-        let pin = open_connection(db_path, busy_timeout)?;
-        check_database(db_path, &pin)?;
-        let lock = open_connection(db_path, busy_timeout)?;
-        let db_file = File::open(db_path).map_err(|source| CaptureError::Io {
+        let db_id = database_id(db_path)?;
+        // Opened first, so a file walstream may not read is reported as such
+        // rather than as SQLite's "unable to open database file".
+        let db_file = File::open(db_path).map_err(|source| CaptureError::DatabaseAccess {
             path: db_path.to_path_buf(),
             source,
         })?;
+        let pin = open_connection(db_path, busy_timeout)?;
+        check_database(db_path, &pin)?;
+        let lock = open_connection(db_path, busy_timeout)?;
         Ok(Source {
             db_path: db_path.to_path_buf(),
             wal_path: wal_path(db_path),
@@ -245,6 +248,14 @@ fn check_database(path: &Path, conn: &Connection) -> Result<(), CaptureError> {
                     path: path.to_path_buf(),
                 }
             }
+            rusqlite::Error::SqliteFailure(e, _)
+                if e.extended_code == rusqlite::ffi::SQLITE_READONLY_DIRECTORY =>
+            {
+                CaptureError::DirectoryNotWritable {
+                    path: path.to_path_buf(),
+                    dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                }
+            }
             _ => CaptureError::Sqlite {
                 path: path.to_path_buf(),
                 source,
@@ -257,4 +268,31 @@ fn check_database(path: &Path, conn: &Connection) -> Result<(), CaptureError> {
         });
     }
     Ok(())
+}
+
+/// Switches the database at `path` to WAL mode when it is in another journal
+/// mode (what `replicate --enable-wal` asks for; the setting persists in the
+/// file). Returns the mode it was switched from, or `None` when it already
+/// was in WAL mode. Never creates the database.
+pub fn enable_wal(path: &Path, busy_timeout: Duration) -> Result<Option<String>, CaptureError> {
+    database_id(path)?;
+    let conn = open_connection(path, busy_timeout)?;
+    let from = match check_database(path, &conn) {
+        Ok(()) => return Ok(None),
+        Err(CaptureError::NotWalMode { mode, .. }) => mode,
+        Err(e) => return Err(e),
+    };
+    let now: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|source| CaptureError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if !now.eq_ignore_ascii_case("wal") {
+        return Err(CaptureError::EnableWal {
+            path: path.to_path_buf(),
+            mode: now,
+        });
+    }
+    Ok(Some(from))
 }

@@ -62,6 +62,10 @@ enum Command {
         /// `:PORT` is loopback). Overrides the config's metrics_addr.
         #[arg(long, value_name = "HOST:PORT")]
         metrics_addr: Option<String>,
+        /// Switch a database in rollback-journal mode to WAL mode first
+        /// (persistent; without it such a database is refused).
+        #[arg(long)]
+        enable_wal: bool,
     },
     /// Restore a database from a replica (latest, or to a txid or time).
     Restore {
@@ -230,9 +234,17 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             no_expand_env,
             once,
             metrics_addr,
+            enable_wal,
         } => {
             let t = targets(db, replica, config, !no_expand_env)?;
             let (dbs, opts) = (t.dbs, t.opts);
+            if enable_wal {
+                for (db, _) in &dbs {
+                    if let Some(from) = walstream::capture::enable_wal(db, opts.busy_timeout)? {
+                        tracing::info!(db = %db.display(), from, "switched the database to WAL mode");
+                    }
+                }
+            }
             if once {
                 for (db, url) in dbs {
                     walstream::replicate_once(

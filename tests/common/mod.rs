@@ -162,6 +162,22 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    walstream_with(args, env, timeout, |_| {})
+}
+
+/// Like [`walstream_full`], with `configure` applied to the command before it
+/// runs (resource limits, another user).
+pub fn walstream_with<I, S, F>(
+    args: I,
+    env: &[(&str, &str)],
+    timeout: Duration,
+    configure: F,
+) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+    F: FnOnce(&mut Command),
+{
     let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let shown: Vec<String> = args
         .iter()
@@ -175,6 +191,7 @@ where
     for (k, v) in env {
         cmd.env(k, v);
     }
+    configure(&mut cmd);
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin().display()));
@@ -249,6 +266,18 @@ impl Replicator {
     }
 
     pub fn spawn_env(db: &Path, replica: &str, log: &Path, env: &[(&str, &str)]) -> Replicator {
+        Replicator::spawn_with(db, replica, log, env, |_| {})
+    }
+
+    /// [`Replicator::spawn_env`], with `configure` applied to the command
+    /// before it starts (resource limits, another user).
+    pub fn spawn_with<F: FnOnce(&mut Command)>(
+        db: &Path,
+        replica: &str,
+        log: &Path,
+        env: &[(&str, &str)],
+        configure: F,
+    ) -> Replicator {
         let file = File::create(log).expect("creating the replicate log");
         let file2 = file.try_clone().expect("cloning the log handle");
         let mut cmd = Command::new(bin());
@@ -262,6 +291,7 @@ impl Replicator {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        configure(&mut cmd);
         let child = cmd.spawn().expect("spawning walstream replicate");
         Replicator {
             child: Some(child),

@@ -112,6 +112,9 @@ struct Engine {
     unshipped_since: Option<Instant>,
     lease: Option<crate::lease::Lease>,
     compactor: Option<Compactor>,
+    /// The newest commit time the replica holds: a new lineage's snapshot is
+    /// never dated before it, even after the clock moved backwards.
+    time_floor_ms: i64,
 }
 
 fn now_ms() -> i64 {
@@ -248,6 +251,7 @@ impl Engine {
             unshipped_since: None,
             lease: None,
             compactor,
+            time_floor_ms: 0,
         }
     }
 

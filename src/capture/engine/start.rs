@@ -47,6 +47,12 @@ impl Engine {
         // The replica first: listing and reading a header may take a while.
         let catalog = self.block_on(Catalog::load(&self.store))?;
         self.next_txid = catalog.max_txid() + 1;
+        self.time_floor_ms = catalog
+            .snapshots
+            .iter()
+            .chain(&catalog.segments)
+            .map(|o| o.max_time_ms)
+            .fold(self.time_floor_ms, i64::max);
         self.status.last_shipped_txid = catalog.max_txid();
         let last_snapshot = catalog.snapshots.last().cloned();
         if let Some(s) = &last_snapshot {
@@ -218,6 +224,9 @@ impl Engine {
     /// Starts a new lineage: a full snapshot at the next txid.
     pub(super) fn new_lineage(&mut self, reason: &str) -> Result<(), CaptureError> {
         tracing::warn!(db = %self.db_path.display(), reason, "starting a new lineage with a full snapshot");
+        if let Some(l) = &self.lin {
+            self.time_floor_ms = self.time_floor_ms.max(l.last_time_ms);
+        }
         self.lin = None;
         if self
             .src
@@ -266,7 +275,7 @@ impl Engine {
         let overlay: &[WalCommit] = if backfilled { &[] } else { &commits };
         let id = rand::random::<u64>();
         let txid = self.next_txid;
-        let time = now_ms().max(self.lin.as_ref().map_or(0, |l| l.last_time_ms));
+        let time = now_ms().max(self.time_floor_ms);
         let (key, hashes) = self.write_snapshot(id, page_size, txid, time, pos, header, overlay)?;
         self.next_txid = txid + 1;
         let frame = match pos {
