@@ -14,6 +14,7 @@
 pub mod deep;
 pub mod sample;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use tokio::runtime::Handle;
@@ -250,8 +251,10 @@ fn check_lineage_overlaps(catalog: &Catalog, report: &mut VerifyReport) {
     }
 }
 
-/// Objects of one lineage in txid order; a segment ending at a snapshot's txid
-/// comes first, so the snapshot is compared with the replayed state.
+/// Objects of one lineage in the order a chain takes them: by first txid, the
+/// one reaching furthest first (a compacted segment before the small ones it
+/// was made from, should they still be there), a segment containing a
+/// snapshot's txid before that snapshot.
 fn lineage_objects(catalog: &Catalog, lineage: u64) -> Vec<&ObjectInfo> {
     let mut objs: Vec<&ObjectInfo> = catalog
         .snapshots
@@ -259,8 +262,24 @@ fn lineage_objects(catalog: &Catalog, lineage: u64) -> Vec<&ObjectInfo> {
         .chain(&catalog.segments)
         .filter(|o| o.lineage == lineage)
         .collect();
-    objs.sort_by_key(|o| (o.max_txid, o.kind == Kind::Snapshot));
+    objs.sort_by_key(|o| {
+        (
+            o.min_txid,
+            std::cmp::Reverse(o.max_txid),
+            o.kind == Kind::Snapshot,
+        )
+    });
     objs
+}
+
+/// The state replayed along a lineage since its last readable snapshot.
+struct Replayed {
+    hashes: PageHashes,
+    /// The txid the hashes describe.
+    at: u64,
+    /// Checksums the replayed commits recorded at the txids of the lineage's
+    /// snapshots, to compare snapshots the replay went past.
+    at_snapshots: BTreeMap<u64, u64>,
 }
 
 fn verify_lineage(
@@ -269,8 +288,13 @@ fn verify_lineage(
     lineage: u64,
     report: &mut VerifyReport,
 ) -> Result<(), StoreError> {
-    // Replayed state: hashes at txid `at`, when a readable snapshot started it.
-    let mut state: Option<(PageHashes, u64)> = None;
+    let snapshot_txids: BTreeSet<u64> = catalog
+        .snapshots
+        .iter()
+        .filter(|s| s.lineage == lineage)
+        .map(|s| s.max_txid)
+        .collect();
+    let mut state: Option<Replayed> = None;
     for obj in lineage_objects(catalog, lineage) {
         report.objects += 1;
         report.bytes += obj.size;
@@ -280,59 +304,82 @@ fn verify_lineage(
                 let Some((header, hashes)) = read_snapshot(ctx, obj, report)? else {
                     continue;
                 };
-                let checksum = header.commits[0].checksum;
-                match &state {
-                    Some((h, at)) if *at == obj.max_txid && Some(h.checksum()) != checksum => {
-                        report.error(
-                            Some(&obj.key),
-                            format!(
-                                "snapshot checksum differs from the state replayed to txid {at}"
-                            ),
-                        );
-                    }
-                    Some((_, at)) if *at == obj.max_txid => {}
-                    _ => state = Some((hashes, obj.max_txid)),
-                }
+                check_snapshot(&mut state, obj, header.commits[0].checksum, hashes, report);
             }
             Kind::Segment => {
                 let Some((header, records)) = read_segment(ctx, obj, report)? else {
                     state = None;
                     continue;
                 };
-                match &mut state {
-                    None => report.push(
+                let Some(r) = state.as_mut() else {
+                    report.push(
                         Severity::Warning,
                         Some(&obj.key),
                         "no snapshot of its lineage precedes this segment (prunable)".into(),
-                    ),
-                    Some((hashes, at)) => {
-                        if obj.min_txid > *at + 1 {
-                            report.error(
-                                Some(&obj.key),
-                                format!(
-                                    "txids {}..={} are missing before this segment",
-                                    *at + 1,
-                                    obj.min_txid - 1
-                                ),
-                            );
-                            state = None;
-                            continue;
-                        }
-                        replay(hashes, at, &header, &records, obj, report);
-                    }
+                    );
+                    continue;
+                };
+                if obj.min_txid > r.at + 1 {
+                    report.error(
+                        Some(&obj.key),
+                        format!(
+                            "txids {}..={} are missing before this segment",
+                            r.at + 1,
+                            obj.min_txid - 1
+                        ),
+                    );
+                    state = None;
+                    continue;
                 }
+                replay(r, &header, &records, obj, &snapshot_txids, report);
             }
         }
     }
     Ok(())
 }
 
+/// Compares a snapshot with the replayed state at its txid, or starts the
+/// replay from it when the replay has not reached it.
+fn check_snapshot(
+    state: &mut Option<Replayed>,
+    obj: &ObjectInfo,
+    recorded: Option<u64>,
+    hashes: PageHashes,
+    report: &mut VerifyReport,
+) {
+    let txid = obj.max_txid;
+    match state.as_ref() {
+        Some(r) if r.at >= txid => {
+            let replayed = if r.at == txid {
+                Some(r.hashes.checksum())
+            } else {
+                r.at_snapshots.get(&txid).copied()
+            };
+            if let (Some(a), Some(b)) = (replayed, recorded) {
+                if a != b {
+                    report.error(
+                        Some(&obj.key),
+                        format!("snapshot checksum differs from the state replayed to txid {txid}"),
+                    );
+                }
+            }
+        }
+        _ => {
+            *state = Some(Replayed {
+                hashes,
+                at: txid,
+                at_snapshots: BTreeMap::new(),
+            })
+        }
+    }
+}
+
 fn replay(
-    hashes: &mut PageHashes,
-    at: &mut u64,
+    r: &mut Replayed,
     header: &ObjectHeader,
     records: &[(usize, u32, u64)],
     obj: &ObjectInfo,
+    snapshot_txids: &BTreeSet<u64>,
     report: &mut VerifyReport,
 ) {
     let mut next = 0;
@@ -341,15 +388,18 @@ fn replay(
         while next < records.len() && records[next].0 == i {
             next += 1;
         }
-        if commit.txid <= *at {
+        // Already replayed from an object reaching further (a compacted
+        // segment beside the ones it was made from).
+        if commit.txid <= r.at {
             continue;
         }
         for &(_, pgno, h) in &records[start..next] {
-            hashes.set_hash(pgno, h);
+            r.hashes.set_hash(pgno, h);
         }
-        hashes.resize(commit.db_pages);
+        r.hashes.resize(commit.db_pages);
         report.commits_checked += 1;
-        if commit.checksum.is_some_and(|c| c != hashes.checksum()) {
+        let checksum = r.hashes.checksum();
+        if commit.checksum.is_some_and(|c| c != checksum) {
             report.error(
                 Some(&obj.key),
                 format!(
@@ -358,7 +408,10 @@ fn replay(
                 ),
             );
         }
-        *at = commit.txid;
+        if snapshot_txids.contains(&commit.txid) {
+            r.at_snapshots.insert(commit.txid, checksum);
+        }
+        r.at = commit.txid;
     }
 }
 

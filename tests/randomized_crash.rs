@@ -122,6 +122,13 @@ const UNEXPECTED_LINEAGE_REASONS: [&str; 3] = [
     "the WAL was emptied before its frames were read",
 ];
 
+/// Longest the application may wait for the write lock. walstream holds it
+/// only to ship the WAL's last frames before a checkpoint and for the
+/// checkpoint itself (and, at start, while catching up what was committed
+/// while it was down, which may be several MB here); the application's own
+/// busy timeout is 5 s.
+const WRITE_WAIT_BOUND: Duration = Duration::from_secs(2);
+
 /// Most blobs kept in the database (bounds its size, hence restore cost).
 const MAX_BLOBS: usize = 3;
 
@@ -186,6 +193,7 @@ fn resume_after_full_checkpoint_while_down() {
     let shape = Shape {
         page_size: 4096,
         app_autocheckpoint: 0,
+        journal_size_limit: -1,
         config: None,
     };
     run_with(
@@ -243,6 +251,7 @@ fn new_lineage_under_write_load() {
     let shape = Shape {
         page_size: 4096,
         app_autocheckpoint: 0,
+        journal_size_limit: -1,
         config: None,
     };
     run_with(
@@ -545,6 +554,9 @@ struct Shape {
     page_size: u32,
     /// The application's `wal_autocheckpoint` (0: off).
     app_autocheckpoint: u32,
+    /// The application's `journal_size_limit` (bytes the WAL is truncated to
+    /// after a reset; negative: no limit).
+    journal_size_limit: i64,
     /// `replicate --config` settings, or `None` for `replicate DB REPLICA` with
     /// the defaults.
     config: Option<(u32, &'static str, usize)>,
@@ -555,6 +567,7 @@ impl Shape {
         Shape {
             page_size: *rng.pick(&[1024, 4096, 4096, 4096, 8192, 16384]),
             app_autocheckpoint: *rng.pick(&[1000, 1000, 100, 0]),
+            journal_size_limit: *rng.pick(&[-1, -1, 0, 1 << 20]),
             config: if rng.chance(50) {
                 Some((
                     *rng.pick(&[40, 200, 1000]),
@@ -607,6 +620,10 @@ struct Stats {
     startup_kills: usize,
     graceful_restarts: usize,
     down_truncates: usize,
+    /// Databases replaced, recreated or re-paged while walstream was down.
+    replacements: usize,
+    /// The application's `BEGIN IMMEDIATE` times: p50, p99, max (ms).
+    write_lock_wait_ms: (u64, u64, u64),
     quiesces: usize,
     snapshots_requested: usize,
     max_wal: u64,
@@ -644,6 +661,8 @@ struct Run {
     /// Problems seen while playing (the final checks add theirs).
     problems: Vec<String>,
     unexpected_exits: usize,
+    /// How long each `BEGIN IMMEDIATE` of the application took.
+    begin_waits: std::cell::RefCell<Vec<Duration>>,
 }
 
 /// Kills a still-running walstream and, when the thread panics, keeps the work
@@ -771,8 +790,9 @@ impl Run {
         let app = Connection::open(&db).expect("open app db");
         app.busy_timeout(Duration::from_millis(5000)).unwrap();
         app.execute_batch(&format!(
-            "PRAGMA page_size = {}; PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = {};",
-            shape.page_size, shape.app_autocheckpoint
+            "PRAGMA page_size = {}; PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = {}; \
+             PRAGMA journal_size_limit = {};",
+            shape.page_size, shape.app_autocheckpoint, shape.journal_size_limit
         ))
         .unwrap();
         let mut run = Run {
@@ -804,6 +824,7 @@ impl Run {
             started: Instant::now(),
             problems: Vec::new(),
             unexpected_exits: 0,
+            begin_waits: std::cell::RefCell::new(Vec::new()),
         };
         run.app
             .execute_batch(
@@ -850,9 +871,15 @@ impl Run {
     }
 
     fn sql(&self, sql: &str) {
+        let t = Instant::now();
         self.app
             .execute_batch(sql)
             .unwrap_or_else(|e| panic!("application: {sql}: {e}"));
+        // Taking the write lock is where the application can wait on walstream
+        // (which holds it briefly to ship a WAL's last frames and to checkpoint).
+        if sql == "BEGIN IMMEDIATE" {
+            self.begin_waits.borrow_mut().push(t.elapsed());
+        }
     }
 
     // ---- application operations -----------------------------------------
@@ -1098,6 +1125,121 @@ impl Run {
             "create table extra with rows"
         };
         self.record(what);
+    }
+
+    /// While walstream is down: the database is replaced by an older restore,
+    /// deleted and created anew, or given another page size (which needs
+    /// rollback-journal mode for its VACUUM). walstream must notice at its next
+    /// start and begin a new lineage; what it shipped before stays restorable.
+    fn replace_database(&mut self) {
+        let what = match self.rng.below(3) {
+            0 => self.restore_older(),
+            1 => self.recreate(),
+            _ => self.change_page_size(),
+        };
+        if let Some(what) = what {
+            self.stats.replacements += 1;
+            self.rebuild_model();
+            self.record(&what);
+        }
+    }
+
+    /// Closes the application's connection for `f`, then opens it again.
+    fn with_app_closed(&mut self, f: impl FnOnce(&Path)) {
+        let closed = std::mem::replace(&mut self.app, Connection::open_in_memory().unwrap());
+        drop(closed);
+        f(&self.db);
+        self.app = Connection::open(&self.db).expect("reopen app db");
+        self.app.busy_timeout(Duration::from_millis(5000)).unwrap();
+        self.sql(&format!(
+            "PRAGMA wal_autocheckpoint = {}; PRAGMA journal_size_limit = {};",
+            self.shape.app_autocheckpoint, self.shape.journal_size_limit
+        ));
+    }
+
+    fn restore_older(&mut self) -> Option<String> {
+        let replica = self.replica.to_str().unwrap().to_string();
+        let (_, out, _) = walstream(&["list", "--json", &replica]);
+        let window = Listing::parse(&out).window?;
+        let txid = self.rng.range(window.min_txid, window.max_txid);
+        let tmp = self.db.with_extension("restoring");
+        let t = txid.to_string();
+        let (status, _, err) = walstream(&[
+            "restore",
+            "-o",
+            tmp.to_str().unwrap(),
+            "--txid",
+            &t,
+            &replica,
+        ]);
+        assert!(status.success(), "restore --txid {t}: {err}");
+        self.with_app_closed(|db| {
+            let _ = fs::remove_file(wal_path(db));
+            let _ = fs::remove_file(shm_path(db));
+            fs::rename(&tmp, db).expect("replacing the database");
+        });
+        Some(format!("database replaced by a restore of txid {txid}"))
+    }
+
+    fn recreate(&mut self) -> Option<String> {
+        let page_size = self.shape.page_size;
+        self.with_app_closed(|db| {
+            for p in [db.to_path_buf(), wal_path(db), shm_path(db)] {
+                let _ = fs::remove_file(p);
+            }
+            let c = Connection::open(db).expect("create db");
+            c.execute_batch(&format!(
+                "PRAGMA page_size = {page_size}; PRAGMA journal_mode = WAL;
+                 CREATE TABLE t(id INTEGER PRIMARY KEY, val TEXT NOT NULL, n INTEGER NOT NULL);
+                 CREATE TABLE blobs(id INTEGER PRIMARY KEY, hash INTEGER NOT NULL, data BLOB NOT NULL);"
+            ))
+            .expect("schema");
+        });
+        Some("database deleted and created anew".into())
+    }
+
+    fn change_page_size(&mut self) -> Option<String> {
+        let now: u32 = self
+            .app
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        let sizes: Vec<u32> = [1024, 4096, 8192, 16384]
+            .into_iter()
+            .filter(|&s| s != now)
+            .collect();
+        let size = *self.rng.pick(&sizes);
+        self.sql(&format!(
+            "PRAGMA journal_mode = DELETE; PRAGMA page_size = {size}; VACUUM; PRAGMA journal_mode = WAL;"
+        ));
+        Some(format!("page size {now} -> {size} (VACUUM)"))
+    }
+
+    /// The model after the database was replaced: what is in it now.
+    fn rebuild_model(&mut self) {
+        let ids = |sql: &str| -> Vec<i64> {
+            let mut stmt = self.app.prepare(sql).unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect()
+        };
+        let t = ids("SELECT id FROM t ORDER BY id");
+        let blobs = ids("SELECT id FROM blobs ORDER BY id");
+        let named = |kind: &str, name: &str| -> bool {
+            self.app
+                .query_row(
+                    "SELECT count(*) FROM sqlite_schema WHERE type = ?1 AND name = ?2",
+                    params![kind, name],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap()
+                > 0
+        };
+        let (index, extra) = (named("index", "t_n"), named("table", "extra"));
+        self.model.ids = t;
+        self.model.blobs = blobs.into();
+        self.model.index = index;
+        self.model.extra = extra;
     }
 
     fn vacuum(&mut self) {
@@ -1440,6 +1582,9 @@ impl Run {
             6 => self.checkpoint("RESTART", false),
             _ => {}
         }
+        if self.rng.chance(12) {
+            self.replace_database();
+        }
         if self.rng.chance(40) {
             for _ in 0..self.rng.range(1, 2) {
                 self.down_op();
@@ -1626,6 +1771,21 @@ impl Run {
             ));
         }
         self.stats.errors_logged = errors;
+
+        // (8) the application never waited long for the write lock.
+        let mut waits = self.begin_waits.borrow().clone();
+        waits.sort();
+        let at = |q: f64| {
+            waits
+                .get(((waits.len() as f64 * q) as usize).min(waits.len().saturating_sub(1)))
+                .map_or(0, |d| d.as_millis() as u64)
+        };
+        self.stats.write_lock_wait_ms = (at(0.5), at(0.99), at(1.0));
+        if let Some(max) = waits.last().filter(|&&w| w >= WRITE_WAIT_BOUND) {
+            problems.push(format!(
+                "the application waited {max:?} for the write lock (bound {WRITE_WAIT_BOUND:?})"
+            ));
+        }
 
         // (6) the WAL stayed bounded.
         if self.stats.max_wal >= WAL_BOUND {
@@ -1952,6 +2112,12 @@ impl Run {
             }
         }
     }
+}
+
+fn shm_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-shm");
+    PathBuf::from(s)
 }
 
 fn wal_path(db: &Path) -> PathBuf {
