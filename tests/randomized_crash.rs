@@ -76,7 +76,17 @@
 //!   the fixed CI seed tests skip themselves;
 //! - `WALSTREAM_RANDOM_STEPS=N`: steps per run (soak runs), default [`CI_STEPS`];
 //! - `WALSTREAM_CHECK_ALL=1`: restore every txid of the window whatever its size;
-//! - `WALSTREAM_KEEP=1`: keep the work directory (it is always kept on failure).
+//! - `WALSTREAM_KEEP=1`: keep the work directory (it is always kept on failure);
+//! - `WALSTREAM_RANDOM_S3=1`: `env_seed` replicates to the S3 test server
+//!   (`WALSTREAM_TEST_S3_ENDPOINT`, as scripts/test.sh starts it) through a
+//!   fault-injecting proxy, and the operations include store faults (503
+//!   SlowDown, 500, latency, dropped connections) while the application writes;
+//!   `ci_s3_store_faults` runs one such seed in CI.
+//!
+//! Also, while walstream is down, the database may be replaced by an older
+//! restore, deleted and created anew, or given another page size (VACUUM in
+//! rollback-journal mode); the application may set `journal_size_limit`; and
+//! check (8) bounds how long the application waits for the write lock.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, OpenOptions};
@@ -86,6 +96,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+#[path = "common/fault_proxy.rs"]
+#[allow(dead_code)]
+mod fault_proxy;
+
+use fault_proxy::{Fault, FaultProxy};
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
@@ -172,7 +187,13 @@ fn ci_seed_3() {
 #[ignore = "runs the seed given in WALSTREAM_SEED"]
 fn env_seed() {
     let seed = env_seed_value().expect("set WALSTREAM_SEED to the seed to run");
-    run_seed(seed, steps_from_env());
+    // WALSTREAM_RANDOM_S3=1: against the S3 test server, with store faults.
+    let s3 = if env_flag("WALSTREAM_RANDOM_S3") {
+        s3_from_env()
+    } else {
+        None
+    };
+    run_seed_on(seed, steps_from_env(), s3);
 }
 
 /// Scripted scenario for finding A (see the module documentation): walstream is killed, the application commits (a
@@ -284,6 +305,33 @@ fn new_lineage_under_write_load() {
             }
         },
     );
+}
+
+/// One seed against S3 through the fault-injecting proxy (skipped, with a
+/// message, when no test server is configured; required in CI).
+#[test]
+fn ci_s3_store_faults() {
+    if env_seed_value().is_some() {
+        eprintln!("WALSTREAM_SEED is set: the S3 CI seed is skipped");
+        return;
+    }
+    let Some(s3) = s3_from_env() else { return };
+    run_seed_on(0x5EED_0053_F417_0001, steps_from_env(), Some(s3));
+}
+
+/// The S3 test server: (endpoint, bucket), as tests/common's `s3_env` reads it.
+fn s3_from_env() -> Option<(String, String)> {
+    let endpoint = std::env::var("WALSTREAM_TEST_S3_ENDPOINT").unwrap_or_default();
+    let bucket = std::env::var("WALSTREAM_TEST_S3_BUCKET").unwrap_or_default();
+    if endpoint.is_empty() || bucket.is_empty() {
+        assert!(
+            !env_flag("CI"),
+            "CI is set but WALSTREAM_TEST_S3_ENDPOINT/BUCKET are not: run scripts/test.sh"
+        );
+        eprintln!("SKIPPED: WALSTREAM_TEST_S3_ENDPOINT is not set (see scripts/test.sh)");
+        return None;
+    }
+    Some((endpoint, bucket))
 }
 
 fn ci_seed(i: usize) {
@@ -522,13 +570,8 @@ struct LiveStatus {
 }
 
 /// `walstream status --json` of a running replicate (None when it does not answer).
-fn live_status(db: &Path, replica: &Path) -> Option<LiveStatus> {
-    let (status, out, _) = walstream(&[
-        "status",
-        "--json",
-        db.to_str().unwrap(),
-        replica.to_str().unwrap(),
-    ]);
+fn live_status(db: &Path, replica: &str) -> Option<LiveStatus> {
+    let (status, out, _) = walstream(&["status", "--json", db.to_str().unwrap(), replica]);
     // Exit 1 and 2 are health levels (warning, critical): still an answer.
     if !matches!(status.code(), Some(0..=2)) {
         return None;
@@ -622,6 +665,8 @@ struct Stats {
     down_truncates: usize,
     /// Databases replaced, recreated or re-paged while walstream was down.
     replacements: usize,
+    /// Store faults injected (S3 runs).
+    store_faults: usize,
     /// The application's `BEGIN IMMEDIATE` times: p50, p99, max (ms).
     write_lock_wait_ms: (u64, u64, u64),
     quiesces: usize,
@@ -637,7 +682,11 @@ struct Run {
     rng: Rng,
     shape: Shape,
     db: PathBuf,
-    replica: PathBuf,
+    /// What walstream replicates to (through `proxy` for S3).
+    replica: String,
+    /// The same replica as the checks read it.
+    replica_check: String,
+    proxy: Option<FaultProxy>,
     config: Option<PathBuf>,
     restore_dir: PathBuf,
     _restore_tmp: tempfile::TempDir,
@@ -716,15 +765,33 @@ fn log_tail(path: &Path, lines: usize) -> String {
 }
 
 fn run_seed(seed: u64, steps: usize) {
+    run_seed_on(seed, steps, None);
+}
+
+/// [`run_seed`] against `s3` (endpoint, bucket) through a fault-injecting proxy.
+fn run_seed_on(seed: u64, steps: usize, s3: Option<(String, String)>) {
     eprintln!(
-        "randomized_crash: seed {seed} (0x{seed:016X}), {steps} steps; reproduce with WALSTREAM_SEED=0x{seed:016X}"
+        "randomized_crash: seed {seed} (0x{seed:016X}), {steps} steps{}; reproduce with WALSTREAM_SEED=0x{seed:016X}",
+        if s3.is_some() { ", S3 with store faults" } else { "" }
     );
-    run_with(seed, None, &format!("{steps} steps"), |run| run.play(steps));
+    run_on(seed, None, s3, &format!("{steps} steps"), |run| {
+        run.play(steps)
+    });
 }
 
 /// Sets up a run (the shape drawn from the seed unless given), lets `play` drive
 /// the application and walstream, stops walstream and checks the replica.
 fn run_with(seed: u64, shape: Option<Shape>, what: &str, play: impl FnOnce(&mut Run)) {
+    run_on(seed, shape, None, what, play)
+}
+
+fn run_on(
+    seed: u64,
+    shape: Option<Shape>,
+    s3: Option<(String, String)>,
+    what: &str,
+    play: impl FnOnce(&mut Run),
+) {
     let tmp = tempfile::Builder::new()
         .prefix("walstream-randomized-")
         .tempdir()
@@ -734,7 +801,7 @@ fn run_with(seed: u64, shape: Option<Shape>, what: &str, play: impl FnOnce(&mut 
         seed,
         dir: Some(tmp),
     };
-    let mut run = Run::new(seed, shape, &dir);
+    let mut run = Run::new(seed, shape, s3, &dir);
     let t0 = Instant::now();
     play(&mut run);
     let played = t0.elapsed();
@@ -762,12 +829,29 @@ fn run_with(seed: u64, shape: Option<Shape>, what: &str, play: impl FnOnce(&mut 
 }
 
 impl Run {
-    fn new(seed: u64, shape: Option<Shape>, dir: &Path) -> Run {
+    fn new(seed: u64, shape: Option<Shape>, s3: Option<(String, String)>, dir: &Path) -> Run {
         let mut rng = Rng::new(seed);
         let picked = Shape::pick(&mut rng);
         let shape = shape.unwrap_or(picked);
         let db = dir.join("app.db");
-        let replica = dir.join("replica");
+        // walstream replicates through `replica`; the checks read `replica_check`
+        // (the same location, without the proxy).
+        let (replica, replica_check, proxy) = match s3 {
+            None => {
+                let local = dir.join("replica").display().to_string();
+                (local.clone(), local, None)
+            }
+            Some((endpoint, bucket)) => {
+                let proxy = FaultProxy::start(&endpoint);
+                let prefix = format!("randomized/{seed:016x}-{:08x}", rand_suffix());
+                let url = |e: &str| {
+                    format!(
+                        "s3://{bucket}/{prefix}?endpoint={e}&force-path-style=true&max-attempts=2"
+                    )
+                };
+                (url(&proxy.endpoint), url(&endpoint), Some(proxy))
+            }
+        };
         // Restores fsync their output; on tmpfs that costs nothing, which makes
         // restoring hundreds of txids affordable. Any directory works.
         let restore_tmp = tempfile::Builder::new()
@@ -782,7 +866,7 @@ impl Run {
                 "checkpoint_pages = {pages}\nsnapshot_interval = \"{interval}\"\nretain_snapshots = {retain}\n\
                  [[db]]\npath = {:?}\n[[db.replica]]\nurl = {:?}\n",
                 db.display().to_string(),
-                replica.display().to_string()
+                replica
             );
             fs::write(&path, text).unwrap();
             path
@@ -801,6 +885,8 @@ impl Run {
             shape,
             db,
             replica,
+            replica_check,
+            proxy,
             config,
             restore_dir,
             _restore_tmp: restore_tmp,
@@ -1158,7 +1244,7 @@ impl Run {
     }
 
     fn restore_older(&mut self) -> Option<String> {
-        let replica = self.replica.to_str().unwrap().to_string();
+        let replica = self.replica_check.clone();
         let (_, out, _) = walstream(&["list", "--json", &replica]);
         let window = Listing::parse(&out).window?;
         let txid = self.rng.range(window.min_txid, window.max_txid);
@@ -1295,6 +1381,31 @@ impl Run {
         let mode = *self.rng.pick(&["PASSIVE", "FULL", "RESTART", "TRUNCATE"]);
         let short = mode == "PASSIVE" || self.rng.chance(94);
         self.checkpoint(mode, short);
+    }
+
+    /// The store fails for a while (throttling, server errors, latency, dropped
+    /// connections) while the application goes on committing.
+    fn store_fault(&mut self) {
+        let fault = match self.rng.below(4) {
+            0 => Fault::SlowDown,
+            1 => Fault::InternalError,
+            2 => Fault::Latency(Duration::from_millis(self.rng.range(20, 300))),
+            _ => Fault::Drop,
+        };
+        let ms = self.rng.range(200, 3000);
+        self.note(format!("store fault {fault:?} for {ms} ms"));
+        self.stats.store_faults += 1;
+        if let Some(p) = &self.proxy {
+            p.set(fault);
+        }
+        let until = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < until {
+            self.small_txn();
+            std::thread::sleep(Duration::from_millis(self.rng.range(1, 40)));
+        }
+        if let Some(p) = &self.proxy {
+            p.set(Fault::Pass);
+        }
     }
 
     fn sleep(&mut self) {
@@ -1632,7 +1743,7 @@ impl Run {
     fn request_snapshot(&mut self) {
         self.wait_ready();
         let (db, replica) = (self.db.clone(), self.replica.clone());
-        let args = ["snapshot", db.to_str().unwrap(), replica.to_str().unwrap()];
+        let args = ["snapshot", db.to_str().unwrap(), replica.as_str()];
         let writes = self.rng.below(4);
         for _ in 0..writes {
             self.small_txn();
@@ -1708,6 +1819,7 @@ impl Run {
                 545..=559 => self.schema_change(),
                 560..=639 => self.random_checkpoint(),
                 640..=651 => self.vacuum(),
+                652..=679 if self.proxy.is_some() => self.store_fault(),
                 652..=799 => self.sleep(),
                 800..=819 => self.quiesce(),
                 820..=844 => self.crash_cycle(),
@@ -1738,7 +1850,7 @@ impl Run {
 
     fn check(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
-        let replica = self.replica.to_str().unwrap().to_string();
+        let replica = self.replica_check.clone();
         let n = self.states.len();
 
         // (7) Nothing but the application touches the WAL here, and the application
@@ -2112,6 +2224,14 @@ impl Run {
             }
         }
     }
+}
+
+/// A random suffix so reruns of a seed use fresh S3 prefixes.
+fn rand_suffix() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    t ^ std::process::id()
 }
 
 fn shm_path(db: &Path) -> PathBuf {
