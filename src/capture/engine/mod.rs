@@ -117,6 +117,10 @@ struct Engine {
     time_floor_ms: i64,
 }
 
+/// Most WAL restarts (salt-1 increments) accepted between two looks at the
+/// WAL; more means another process replaced it.
+const MAX_UNSEEN_RESTARTS: u32 = 64;
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -401,9 +405,17 @@ impl Engine {
                 }
                 (h, p.frame, p.checksum)
             }
-            // A restart adds one to salt-1 (kept in the shared wal-index). The
-            // checkpoint sequence is not checked: each connection counts its own.
-            (Pos::Known(p), Some(h)) if lin.reset_safe && h.salt1 == p.salt1.wrapping_add(1) => {
+            // A restart adds one to salt-1 (kept in the shared wal-index); so does
+            // every TRUNCATE checkpoint, even of an empty WAL, so two in a row
+            // add two. With the pin taken after everything was shipped, a second
+            // restart can only follow an empty generation: frames appended after
+            // the first cannot be checkpointed past the pin, and a WAL that is not
+            // fully checkpointed cannot restart. The checkpoint sequence is not
+            // checked: each connection counts its own.
+            (Pos::Known(p), Some(h))
+                if lin.reset_safe
+                    && (1..=MAX_UNSEEN_RESTARTS).contains(&h.salt1.wrapping_sub(p.salt1)) =>
+            {
                 lin.reset_safe = false;
                 lin.checkpoint_frame = 0;
                 lin.observed.clear();
