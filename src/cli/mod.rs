@@ -233,6 +233,12 @@ async fn run(cmd: Command) -> Result<ExitCode> {
         } => {
             let t = targets(db, replica, config, !no_expand_env)?;
             let (dbs, opts) = (t.dbs, t.opts);
+            if dbs.is_empty() {
+                tracing::info!(
+                    "backups are disabled ([storage.backup] enabled = false): nothing to replicate"
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             if once {
                 for (db, url) in dbs {
                     walstream::replicate_once(
@@ -455,7 +461,13 @@ fn targets(
         }
         (None, None, Some(path)) => {
             let c = Config::load(&path, expand)?;
-            if c.dbs.is_empty() {
+            if c.dbs.is_empty() && !c.backups_disabled {
+                if c.backup_replica.is_some() {
+                    bail!(
+                        "config {}: [storage.backup] names no database: add database = \"PATH\"",
+                        path.display()
+                    );
+                }
                 bail!("config {} lists no [[db]]", path.display());
             }
             let keys = keys::settings(Some(&c))?;
