@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::error::CaptureError;
 use crate::lease::LeaseTimes;
@@ -96,6 +96,8 @@ pub(crate) enum Command {
 pub struct Replication {
     tx: mpsc::SyncSender<Command>,
     thread: std::sync::Mutex<Option<JoinHandle<Result<(), CaptureError>>>>,
+    /// The last txid durably in the replica, as the engine publishes it.
+    shipped: watch::Receiver<u64>,
     _watcher: Option<notify::RecommendedWatcher>,
     _lock: ReplicationLock,
 }
@@ -123,9 +125,15 @@ impl Replication {
         let (ready_tx, ready_rx) = oneshot::channel();
         let rt = tokio::runtime::Handle::current();
         let path = db_path.clone();
+        let (shipped_tx, shipped) = watch::channel(0);
+        let links = engine::Links {
+            rx,
+            ready: ready_tx,
+            shipped: shipped_tx,
+        };
         let thread = std::thread::Builder::new()
             .name("walstream-capture".into())
-            .spawn(move || engine::run(path, store, opts, poll, rt, rx, ready_tx))
+            .spawn(move || engine::run(path, store, opts, poll, rt, links))
             .map_err(|source| CaptureError::Io {
                 path: db_path.clone(),
                 source,
@@ -133,6 +141,7 @@ impl Replication {
         let rep = Replication {
             tx,
             thread: std::sync::Mutex::new(Some(thread)),
+            shipped,
             _watcher: watcher,
             _lock: lock,
         };
@@ -156,6 +165,24 @@ impl Replication {
         rx.await
             .map_err(|_| CaptureError::Stopped("capture thread ended".into()))?
             .map_err(CaptureError::Stopped)
+    }
+
+    /// Returns once transaction `txid` is durably in the replica (at once if
+    /// it already is); an error if replication stops before that.
+    pub async fn wait_for_txid(&self, txid: u64) -> Result<(), CaptureError> {
+        let mut rx = self.shipped.clone();
+        let reached = rx.wait_for(|&t| t >= txid).await.is_ok();
+        if reached {
+            return Ok(());
+        }
+        Err(CaptureError::Stopped(format!(
+            "replication ended before txid {txid} was shipped"
+        )))
+    }
+
+    /// The last txid durably in the replica, updated as segments are shipped.
+    pub fn shipped_txid(&self) -> watch::Receiver<u64> {
+        self.shipped.clone()
     }
 
     /// Positions, lag and the last error.
