@@ -8,6 +8,8 @@
 //! restorable window, [`verify()`] proves what a replica holds, and [`Catalog`]
 //! lists it. Replicas live in an [`ObjectStore`] opened from a [`ReplicaUrl`].
 
+#[cfg(feature = "axum")]
+pub mod admin;
 pub mod capture;
 pub mod catalog;
 pub mod checksum;
