@@ -90,6 +90,8 @@ impl Source {
         let pin = open_connection(db_path, busy_timeout)?;
         check_database(db_path, &pin)?;
         let lock = open_connection(db_path, busy_timeout)?;
+        small_cache(db_path, &pin)?;
+        small_cache(db_path, &lock)?;
         let db_file = File::open(db_path).map_err(|source| CaptureError::Io {
             path: db_path.to_path_buf(),
             source,
@@ -256,7 +258,17 @@ fn lean(conn: &Connection) -> rusqlite::Result<()> {
     if rc != rusqlite::ffi::SQLITE_OK {
         tracing::debug!(rc, "could not turn lookaside memory off");
     }
+    Ok(())
+}
+
+/// Caps the page cache (after `check_database`: setting it reads the schema,
+/// which must fail as "not a database" there, not here).
+fn small_cache(path: &Path, conn: &Connection) -> Result<(), CaptureError> {
     conn.pragma_update(None, "cache_size", 2)
+        .map_err(|source| CaptureError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn check_database(path: &Path, conn: &Connection) -> Result<(), CaptureError> {
