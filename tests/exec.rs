@@ -158,3 +158,46 @@ fn what_the_child_commits_before_exiting_is_shipped() {
         .unwrap();
     assert_eq!(n, 1, "the child's last commit is in the replica");
 }
+
+#[test]
+fn storage_backup_table_drives_replicate_and_exec() {
+    let env = Env::new();
+    let _app = App::create(&env.db);
+    let config = env.path("app.toml");
+    let write = |body: &str| std::fs::write(&config, body).unwrap();
+    let cfg = config.to_str().unwrap();
+
+    // enabled = false: the command runs, nothing is replicated.
+    write(&format!(
+        "[storage.backup]\nenabled = false\ndatabase = \"{}\"\nurl = \"{}\"\n",
+        env.db.display(),
+        env.replica_arg()
+    ));
+    let out = walstream(["replicate", "--config", cfg, "--exec", "sh -c 'exit 3'"]);
+    assert_eq!(out.code(), Some(3), "{}", out.text());
+    out.assert_mentions("disabled");
+    assert!(!env.replica.exists(), "nothing replicated");
+    walstream(["replicate", "--config", cfg])
+        .assert_success()
+        .assert_mentions("disabled");
+
+    // No database named: the CLI says which key is missing.
+    write(&format!(
+        "[storage.backup]\nurl = \"{}\"\n",
+        env.replica_arg()
+    ));
+    walstream(["replicate", "--config", cfg, "--once"])
+        .assert_failure()
+        .assert_mentions("database");
+
+    // The table as an application writes it, plus the database.
+    write(&format!(
+        "[storage.backup]\nenabled = true\ndatabase = \"{}\"\nurl = \"{}\"\n\
+         interval_seconds = 86400\nretention_count = 7\n",
+        env.db.display(),
+        env.replica_arg()
+    ));
+    let out = walstream(["replicate", "--config", cfg, "--exec", "true"]);
+    assert_eq!(out.code(), Some(0), "{}", out.text());
+    assert!(!snapshots(&list_json(&env.replica_arg())).is_empty());
+}

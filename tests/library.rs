@@ -110,3 +110,27 @@ async fn a_replicator_needs_a_replica() {
     let e = Replicator::builder(&env.db).start().await.unwrap_err();
     assert!(e.to_string().contains("no replica"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builder_takes_the_applications_storage_backup_table() {
+    let env = Env::new();
+    let mut app = App::create(&env.db);
+    // The application's config names no database: it knows its own file.
+    let text = format!(
+        "[storage.backup]\nenabled = true\nurl = \"{}\"\ninterval_seconds = 3600\nretention_count = 3\n",
+        env.replica_arg()
+    );
+    let cfg = walstream::config::Config::parse("app.toml".as_ref(), &text, false).unwrap();
+    assert!(cfg.dbs.is_empty());
+    let rep = Replicator::builder(&env.db)
+        .config(&cfg)
+        .expect("config")
+        .start()
+        .await
+        .expect("start");
+    app.commit_insert_one();
+    let txid = rep.sync().await.expect("sync");
+    let list = rep.list_backups().await.expect("list");
+    assert_eq!(list.window.map(|w| w.max_txid), Some(txid));
+    rep.shutdown().await.expect("shutdown");
+}
