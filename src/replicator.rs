@@ -328,6 +328,9 @@ impl Replicator {
     /// The txid of the newest transaction committed to the database so far
     /// (shipped or not), as the engine counts them: call it after a commit,
     /// then [`Replicator::wait_for_txid`] to know that commit is durable.
+    /// The engine counts the commits in the WAL after its position; when the
+    /// WAL was just restarted by a checkpoint it has not seen yet, the count
+    /// may lag by the commits of the new WAL until the engine's next look.
     pub async fn committed_txid(&self) -> Result<u64, ReplicatorError> {
         let s = self.monitor.rep.status().await?;
         Ok(s.last_shipped_txid + s.pending_commits)
