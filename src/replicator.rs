@@ -206,8 +206,8 @@ pub async fn restore_if_missing(
 ///     .start()
 ///     .await?;
 /// // ... the application commits a transaction ...
-/// let txid = rep.committed_txid().await?;
-/// rep.wait_for_txid(txid).await?; // durable in the replica
+/// let txid = rep.sync().await?; // everything committed is in the replica
+/// rep.wait_for_txid(txid).await?; // (already true here)
 /// let key = rep.backup_now().await?;
 /// rep.shutdown().await?;
 /// # let _ = key; Ok(()) }
@@ -330,7 +330,8 @@ impl Replicator {
     /// then [`Replicator::wait_for_txid`] to know that commit is durable.
     /// The engine counts the commits in the WAL after its position; when the
     /// WAL was just restarted by a checkpoint it has not seen yet, the count
-    /// may lag by the commits of the new WAL until the engine's next look.
+    /// may lag by the commits of the new WAL until the engine's next look;
+    /// [`Replicator::sync`] has no such gap.
     pub async fn committed_txid(&self) -> Result<u64, ReplicatorError> {
         let s = self.monitor.rep.status().await?;
         Ok(s.last_shipped_txid + s.pending_commits)
@@ -341,12 +342,10 @@ impl Replicator {
         Ok(self.monitor.rep.wait_for_txid(txid).await?)
     }
 
-    /// Returns once everything committed before the call is in the replica;
-    /// the txid it waited for.
+    /// Ships everything committed before the call now (without waiting for
+    /// the upload interval) and returns the last txid in the replica.
     pub async fn sync(&self) -> Result<u64, ReplicatorError> {
-        let txid = self.committed_txid().await?;
-        self.wait_for_txid(txid).await?;
-        Ok(txid)
+        Ok(self.monitor.rep.flush().await?)
     }
 
     /// Ships every transaction committed so far, then stops. Later calls

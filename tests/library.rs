@@ -134,3 +134,32 @@ async fn builder_takes_the_applications_storage_backup_table() {
     assert_eq!(list.window.map(|w| w.max_txid), Some(txid));
     rep.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_ships_at_once_whatever_the_upload_interval() {
+    let env = Env::new();
+    let mut app = App::create(&env.db);
+    let opts = walstream::CaptureOptions {
+        upload_interval: Some(std::time::Duration::from_secs(3600)),
+        ..Default::default()
+    };
+    let rep = Replicator::builder(&env.db)
+        .replica(env.replica_arg())
+        .options(opts)
+        .start()
+        .await
+        .expect("start");
+    let before = rep.list_backups().await.unwrap().window.map(|w| w.max_txid);
+    app.commit_insert_many(3);
+    let committed = rep.committed_txid().await.expect("committed");
+    let shipped = rep.sync().await.expect("sync");
+    assert_eq!(shipped, committed);
+    assert!(Some(shipped) > before);
+    let window = rep.list_backups().await.unwrap().window.expect("window");
+    assert_eq!(
+        window.max_txid, shipped,
+        "in the replica, not waiting an hour"
+    );
+    rep.wait_for_txid(shipped).await.expect("already durable");
+    rep.shutdown().await.expect("shutdown");
+}

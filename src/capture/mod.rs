@@ -87,6 +87,8 @@ const COMMAND_QUEUE: usize = 64;
 pub(crate) enum Command {
     Wake,
     Snapshot(oneshot::Sender<Result<String, String>>),
+    /// Ship every commit now; reply with the last shipped txid.
+    Flush(oneshot::Sender<Result<u64, String>>),
     Status(oneshot::Sender<EngineStatus>),
     Shutdown,
 }
@@ -160,8 +162,22 @@ impl Replication {
 
     /// Takes a full snapshot now; returns its key.
     pub async fn snapshot(&self) -> Result<String, CaptureError> {
+        self.ask(Command::Snapshot).await
+    }
+
+    /// Ships every transaction committed before the call now (whatever the
+    /// upload interval) and returns the last txid in the replica.
+    pub async fn flush(&self) -> Result<u64, CaptureError> {
+        self.ask(Command::Flush).await
+    }
+
+    /// Sends a command that the engine answers with a result.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
+    ) -> Result<T, CaptureError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Snapshot(tx)).await?;
+        self.send(command(tx)).await?;
         rx.await
             .map_err(|_| CaptureError::Stopped("capture thread ended".into()))?
             .map_err(CaptureError::Stopped)

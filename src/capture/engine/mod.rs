@@ -175,11 +175,13 @@ pub(crate) fn run(
         cmds.extend(rx.try_iter());
         let mut shutdown = false;
         let mut snapshots = Vec::new();
+        let mut flushes = Vec::new();
         for c in cmds {
             match c {
                 Command::Wake => {}
                 Command::Shutdown => shutdown = true,
                 Command::Snapshot(reply) => snapshots.push(reply),
+                Command::Flush(reply) => flushes.push(reply),
                 Command::Status(reply) => {
                     let _ = reply.send(eng.current_status());
                 }
@@ -205,6 +207,14 @@ pub(crate) fn run(
         }
         for reply in snapshots {
             let r = eng.snapshot_now("requested");
+            if let Err(e) = &r {
+                eng.record_error(e);
+            }
+            let _ = reply.send(r.map_err(|e| e.to_string()));
+        }
+        for reply in flushes {
+            // Ships at once, whatever the upload interval.
+            let r = eng.sync().map(|()| eng.status.last_shipped_txid);
             if let Err(e) = &r {
                 eng.record_error(e);
             }
