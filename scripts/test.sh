@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
-cargo build --locked --all-targets
+cargo build --locked --all-targets --features axum
 
 # A SeaweedFS server of this run's own (its state in a file of its own, so a server
 # started by hand or another run's server is left alone), stopped on exit.
@@ -21,7 +21,7 @@ source "$SEAWEEDFS_ENV_FILE"
 # none of their own), then one summary line over all test binaries.
 log="$(mktemp)"
 status=0
-cargo test --locked --no-fail-fast --lib --tests -- --test-threads=2 2>&1 | tee "$log" || status=$?
+cargo test --locked --no-fail-fast --features axum --lib --tests -- --test-threads=2 2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "walstream: %d passed, %d failed\n", p, f }' "$log"
 rm -f "$log"

@@ -1,4 +1,8 @@
-//! The configuration file (TOML). See `docs/config.md`.
+//! The configuration file (TOML). Every key, its default and meaning:
+//! `docs/config.md`. Mistakes are reported with the file, line and key.
+
+mod locate;
+mod storage;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,6 +15,9 @@ use crate::monitor::MonitorConfig;
 use crate::replica::{R2Account, ReplicaUrl};
 use crate::retention::RetentionPolicy;
 use crate::schedule::TimeOfDay;
+
+use locate::{Mistake, Seg};
+pub use storage::BackupSection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -44,7 +51,7 @@ struct RawConfig {
     #[serde(default)]
     db: Vec<RawDb>,
     encryption: Option<EncryptionConfig>,
-    storage: Option<crate::crypto::settings::RawStorage>,
+    storage: Option<storage::RawStorage>,
     // Monitoring (docs/monitoring.md).
     health_warning_after: Option<String>,
     health_critical_after: Option<String>,
@@ -96,6 +103,11 @@ pub struct Config {
     /// `[encryption]` (or `[storage.backup.encryption]`), keys not yet parsed.
     pub encryption: Option<EncryptionConfig>,
     pub monitor: MonitorConfig,
+    /// `[storage.backup] enabled = false`: back up nothing (`dbs` is empty).
+    pub backups_disabled: bool,
+    /// The `[storage.backup]` replica when the table names no `database`
+    /// (an application that knows its file gives it to the builder).
+    pub backup_replica: Option<ReplicaUrl>,
 }
 
 impl Config {
@@ -119,91 +131,179 @@ impl Config {
             text.to_string()
         };
         let raw: RawConfig =
-            toml::from_str(&text).map_err(|e| invalid(parse_error(unexpanded, e)))?;
-        let mut capture = CaptureOptions::default();
-        if let Some(s) = &raw.snapshot_interval {
-            capture.snapshot_interval = parse_duration(s).ok_or_else(|| {
-                invalid(format!(
-                    "snapshot_interval = {s:?}: use a number with s, m, h or d, like \"24h\""
-                ))
-            })?;
+            toml::from_str(&text).map_err(|e| invalid(parse_error(unexpanded, &text, e)))?;
+        // Lines come from the unexpanded text: a ${VAR} holding a newline
+        // would shift them, and a line number never reveals a value.
+        from_raw(raw).map_err(|m| invalid(m.render(unexpanded)))
+    }
+}
+
+fn from_raw(mut raw: RawConfig) -> Result<Config, Mistake> {
+    let backup = raw.storage.as_mut().and_then(|s| s.backup.take());
+    let capture = capture_options(&raw, backup.as_ref())?;
+    let account = r2_account(raw.cloudflare.as_ref());
+    let mut dbs = Vec::new();
+    for (i, db) in raw.db.iter().enumerate() {
+        dbs.push(DbConfig {
+            path: PathBuf::from(&db.path),
+            replica: db_replica(i, db, &account)?,
+        });
+    }
+    let monitor = monitor_config(&raw)?;
+    let nested = backup.as_ref().and_then(|b| b.encryption.clone());
+    let encryption = crate::crypto::settings::pick_table(raw.encryption.take(), nested)
+        .map_err(|m| Mistake::new(&storage::key_path("encryption"), m))?;
+    let mut config = Config {
+        capture,
+        dbs,
+        encryption,
+        monitor,
+        backups_disabled: false,
+        backup_replica: None,
+    };
+    if let Some(b) = &backup {
+        apply_backup(&mut config, b, &account, raw.cloudflare.is_some())?;
+    }
+    Ok(config)
+}
+
+/// Adds the `[storage.backup]` database, or with `enabled = false` removes
+/// every database.
+fn apply_backup(
+    config: &mut Config,
+    b: &BackupSection,
+    account: &R2Account,
+    cloudflare: bool,
+) -> Result<(), Mistake> {
+    if !storage::enabled(b) {
+        config.backups_disabled = true;
+        config.dbs.clear();
+        return Ok(());
+    }
+    if !storage::names_a_destination(b) {
+        // Only [storage.backup.encryption] (or interval/retention) is set.
+        return Ok(());
+    }
+    let replica = storage::replica(b, account, cloudflare)?;
+    match &b.database {
+        Some(path) => config.dbs.push(DbConfig {
+            path: PathBuf::from(path),
+            replica,
+        }),
+        None => config.backup_replica = Some(replica),
+    }
+    Ok(())
+}
+
+fn capture_options(
+    raw: &RawConfig,
+    backup: Option<&BackupSection>,
+) -> Result<CaptureOptions, Mistake> {
+    let mut capture = CaptureOptions::default();
+    if let Some(s) = &raw.snapshot_interval {
+        capture.snapshot_interval = parse_duration(s).ok_or_else(|| {
+            Mistake::at(
+                "snapshot_interval",
+                format!("{s:?} is not a duration: use a number with s, m, h or d, like \"24h\""),
+            )
+        })?;
+    }
+    if let Some(d) = backup.map(storage::interval).transpose()?.flatten() {
+        if raw.snapshot_interval.is_some() {
+            return Err(Mistake::new(
+                &storage::key_path("interval_seconds"),
+                "snapshot_interval is set too: give one",
+            ));
         }
-        if let Some(s) = &raw.upload_interval {
-            capture.upload_interval = Some(parse_duration(s).ok_or_else(|| {
-                invalid(format!(
-                    "upload_interval = {s:?}: use a duration like \"1s\" or \"500ms\""
-                ))
-            })?);
-        }
-        if let Some(s) = &raw.snapshot_at {
-            capture.snapshot_at = Some(TimeOfDay::parse(s).ok_or_else(|| {
-                invalid(format!(
-                    "snapshot_at = {s:?}: use HH:MM in UTC, or with an offset like \"03:00+01:00\""
-                ))
-            })?);
-        }
-        capture.retention = retention_policy(&raw).map_err(invalid)?;
-        if let Some(n) = raw.compact_segments {
-            capture.compact_segments = n;
-        }
-        if let Some(n) = raw.checkpoint_pages {
-            capture.checkpoint_pages = n.max(1);
-        }
-        let account = r2_account(raw.cloudflare.as_ref());
-        let mut dbs = Vec::new();
-        for (i, db) in raw.db.iter().enumerate() {
-            let replica = match db.replica.as_slice() {
-                [one] => replica_url(one, &account)
-                    .map_err(|e| invalid(format!("db[{i}].replica: {e}")))?,
-                [] => {
-                    return Err(invalid(format!(
-                        "db[{i}] ({}) has no [[db.replica]] with a url",
-                        db.path
-                    )))
-                }
-                _ => {
-                    return Err(invalid(format!(
-                        "db[{i}] ({}): one replica per database is supported",
-                        db.path
-                    )))
-                }
-            };
-            dbs.push(DbConfig {
-                path: PathBuf::from(&db.path),
-                replica,
-            });
-        }
-        let monitor = monitor_config(&raw).map_err(invalid)?;
-        let encryption =
-            crate::crypto::settings::pick_table(raw.encryption, raw.storage).map_err(invalid)?;
-        Ok(Config {
-            capture,
-            dbs,
-            encryption,
-            monitor,
-        })
+        capture.snapshot_interval = d;
+    }
+    if let Some(s) = &raw.upload_interval {
+        capture.upload_interval = Some(parse_duration(s).ok_or_else(|| {
+            Mistake::at(
+                "upload_interval",
+                format!("{s:?} is not a duration: use one like \"1s\" or \"500ms\""),
+            )
+        })?);
+    }
+    if let Some(s) = &raw.snapshot_at {
+        capture.snapshot_at = Some(TimeOfDay::parse(s).ok_or_else(|| {
+            Mistake::at(
+                "snapshot_at",
+                format!("{s:?}: use HH:MM in UTC, or with an offset like \"03:00+01:00\""),
+            )
+        })?);
+    }
+    let backup_count = backup.and_then(|b| b.retention_count);
+    capture.retention = retention_policy(raw, backup_count)?;
+    if let Some(n) = raw.compact_segments {
+        capture.compact_segments = n;
+    }
+    if let Some(n) = raw.checkpoint_pages {
+        capture.checkpoint_pages = n.max(1);
+    }
+    Ok(capture)
+}
+
+/// The one replica of `[[db]]` number `i`.
+fn db_replica(i: usize, db: &RawDb, account: &R2Account) -> Result<ReplicaUrl, Mistake> {
+    let at = [Seg::Key("db"), Seg::Index(i), Seg::Key("replica")];
+    match db.replica.as_slice() {
+        [one] => replica_url(one, account)
+            .map_err(|(k, m)| Mistake::new(&[at[0], at[1], at[2], Seg::Index(0), Seg::Key(k)], m)),
+        [] => Err(Mistake::new(
+            &at[..2],
+            format!("{} has no [[db.replica]] with a url", db.path),
+        )),
+        _ => Err(Mistake::new(
+            &[at[0], at[1], at[2], Seg::Index(1)],
+            format!("{}: one replica per database is supported for now", db.path),
+        )),
     }
 }
 
 /// A parse error without the expanded text: TOML errors quote the offending
 /// line, which may hold a secret put there by `${VAR}` (an encryption key).
 /// The unexpanded text's error, when it has one, points at the same place.
-fn parse_error(unexpanded: &str, e: toml::de::Error) -> String {
+fn parse_error(unexpanded: &str, expanded: &str, e: toml::de::Error) -> String {
     match toml::from_str::<RawConfig>(unexpanded) {
         Err(original) => original.to_string(),
-        Ok(_) => format!("after expanding ${{VAR}}s: {}", e.message()),
+        Ok(_) => match e.span() {
+            Some(span) => format!(
+                "line {}: after expanding ${{VAR}}s: {}",
+                locate::line_at(expanded, span.start),
+                e.message()
+            ),
+            None => format!("after expanding ${{VAR}}s: {}", e.message()),
+        },
     }
 }
 
 /// The retention keys; with none given, the default (7 snapshots).
-fn retention_policy(raw: &RawConfig) -> Result<RetentionPolicy, String> {
+/// `backup_count` is `[storage.backup] retention_count`.
+fn retention_policy(
+    raw: &RawConfig,
+    backup_count: Option<usize>,
+) -> Result<RetentionPolicy, Mistake> {
     if raw.retain_snapshots.is_some() && raw.retention_count.is_some() {
-        return Err("retain_snapshots is the older name of retention_count: give one".into());
+        return Err(Mistake::at(
+            "retain_snapshots",
+            "retain_snapshots is the older name of retention_count: give one",
+        ));
     }
-    let count = raw.retention_count.or(raw.retain_snapshots);
+    let top = raw.retention_count.or(raw.retain_snapshots);
+    if top.is_some() && backup_count.is_some() {
+        return Err(Mistake::new(
+            &storage::key_path("retention_count"),
+            "retention_count is set at the top level too: give one",
+        ));
+    }
+    let count = top.or(backup_count);
     let age = match &raw.retention_age {
         Some(s) => Some(parse_duration(s).ok_or_else(|| {
-            format!("retention_age = {s:?}: use a duration like \"30d\" or \"12h\"")
+            Mistake::at(
+                "retention_age",
+                format!("{s:?} is not a duration: use one like \"30d\" or \"12h\""),
+            )
         })?),
         None => None,
     };
@@ -220,14 +320,15 @@ fn retention_policy(raw: &RawConfig) -> Result<RetentionPolicy, String> {
     })
 }
 
-fn monitor_config(raw: &RawConfig) -> Result<MonitorConfig, String> {
+fn monitor_config(raw: &RawConfig) -> Result<MonitorConfig, Mistake> {
     let mut m = MonitorConfig::default();
-    let duration = |key: &str, v: &Option<String>, into: &mut Duration| {
+    let duration = |key: &'static str, v: &Option<String>, into: &mut Duration| {
         if let Some(s) = v {
-            *into = parse_duration(s)
-                .ok_or_else(|| format!("{key} = {s:?}: use a duration like \"25h\" or \"5m\""))?;
+            *into = parse_duration(s).ok_or_else(|| {
+                Mistake::at(key, format!("{s:?}: use a duration like \"25h\" or \"5m\""))
+            })?;
         }
-        Ok::<_, String>(())
+        Ok::<_, Mistake>(())
     };
     let t = &mut m.thresholds;
     duration(
@@ -250,25 +351,43 @@ fn monitor_config(raw: &RawConfig) -> Result<MonitorConfig, String> {
         &raw.lag_critical_after,
         &mut t.lag_critical,
     )?;
-    if t.snapshot_warning > t.snapshot_critical || t.lag_warning > t.lag_critical {
-        return Err("a *_warning_after must not exceed its *_critical_after".into());
+    if t.snapshot_warning > t.snapshot_critical {
+        return Err(Mistake::at(
+            "health_warning_after",
+            "must not exceed health_critical_after",
+        ));
+    }
+    if t.lag_warning > t.lag_critical {
+        return Err(Mistake::at(
+            "lag_warning_after",
+            "must not exceed lag_critical_after",
+        ));
     }
     m.verify_interval = match raw.verify_interval.as_deref() {
         None => m.verify_interval,
         Some("off") => None,
         Some(s) => Some(parse_duration(s).filter(|d| !d.is_zero()).ok_or_else(|| {
-            format!("verify_interval = {s:?}: use a duration like \"24h\", or \"off\"")
+            Mistake::at(
+                "verify_interval",
+                format!("{s:?}: use a duration like \"24h\", or \"off\""),
+            )
         })?),
     };
     if let Some(s) = &raw.metrics_addr {
         m.metrics_addr = Some(crate::monitor::parse_metrics_addr(s).ok_or_else(|| {
-            format!("metrics_addr = {s:?}: use HOST:PORT like \"127.0.0.1:9157\"")
+            Mistake::at(
+                "metrics_addr",
+                format!("{s:?}: use HOST:PORT like \"127.0.0.1:9157\""),
+            )
         })?);
     }
     if let Some(url) = &raw.webhook_url {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             // Not quoted: the URL may carry a token.
-            return Err("webhook_url must start with http:// or https://".into());
+            return Err(Mistake::at(
+                "webhook_url",
+                "must start with http:// or https://",
+            ));
         }
         m.webhook_url = Some(url.clone());
     }
@@ -291,23 +410,32 @@ fn r2_account(raw: Option<&RawCloudflare>) -> R2Account {
 }
 
 /// One `[[db.replica]]`: its URL, with the keys given beside it.
-fn replica_url(raw: &RawReplica, account: &R2Account) -> Result<ReplicaUrl, String> {
-    let mut url = ReplicaUrl::parse_with(&raw.url, account).map_err(|e| e.to_string())?;
+/// Errors name the key they are about.
+fn replica_url(
+    raw: &RawReplica,
+    account: &R2Account,
+) -> Result<ReplicaUrl, (&'static str, String)> {
+    let mut url = ReplicaUrl::parse_with(&raw.url, account).map_err(|e| ("url", e.to_string()))?;
     let keys = (&raw.access_key_id, &raw.secret_access_key);
-    match (&mut url, keys) {
-        (_, (None, None)) => {}
+    let named = if keys.0.is_some() {
+        "access_key_id"
+    } else {
+        "secret_access_key"
+    };
+    let wrong = match (&mut url, keys) {
+        (_, (None, None)) => None,
         (ReplicaUrl::S3(c), (Some(id), Some(secret))) => {
             c.access_key_id = Some(id.clone());
             c.secret_access_key = Some(secret.clone());
+            None
         }
-        (ReplicaUrl::S3(_), _) => {
-            return Err("give both access_key_id and secret_access_key, or neither".into())
-        }
+        (ReplicaUrl::S3(_), _) => Some("give both access_key_id and secret_access_key, or neither"),
         (ReplicaUrl::Local(_), _) => {
-            return Err(
-                "access_key_id and secret_access_key apply to s3:// and r2:// replicas only".into(),
-            )
+            Some("access_key_id and secret_access_key apply to s3:// and r2:// replicas only")
         }
+    };
+    if let Some(message) = wrong {
+        return Err((named, message.into()));
     }
     Ok(url)
 }
@@ -502,3 +630,6 @@ mod tests {
         assert!(Config::parse(Path::new("t"), "x = \"${WALSTREAM_UNSET_VAR_XYZ}\"", true).is_err());
     }
 }
+
+#[cfg(test)]
+mod tests_lines;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::error::CaptureError;
 use crate::lease::LeaseTimes;
@@ -87,6 +87,8 @@ const COMMAND_QUEUE: usize = 64;
 pub(crate) enum Command {
     Wake,
     Snapshot(oneshot::Sender<Result<String, String>>),
+    /// Ship every commit now; reply with the last shipped txid.
+    Flush(oneshot::Sender<Result<u64, String>>),
     Status(oneshot::Sender<EngineStatus>),
     Shutdown,
 }
@@ -96,6 +98,8 @@ pub(crate) enum Command {
 pub struct Replication {
     tx: mpsc::SyncSender<Command>,
     thread: std::sync::Mutex<Option<JoinHandle<Result<(), CaptureError>>>>,
+    /// The last txid durably in the replica, as the engine publishes it.
+    shipped: watch::Receiver<u64>,
     _watcher: Option<notify::RecommendedWatcher>,
     _lock: ReplicationLock,
 }
@@ -123,9 +127,15 @@ impl Replication {
         let (ready_tx, ready_rx) = oneshot::channel();
         let rt = tokio::runtime::Handle::current();
         let path = db_path.clone();
+        let (shipped_tx, shipped) = watch::channel(0);
+        let links = engine::Links {
+            rx,
+            ready: ready_tx,
+            shipped: shipped_tx,
+        };
         let thread = std::thread::Builder::new()
             .name("walstream-capture".into())
-            .spawn(move || engine::run(path, store, opts, poll, rt, rx, ready_tx))
+            .spawn(move || engine::run(path, store, opts, poll, rt, links))
             .map_err(|source| CaptureError::Io {
                 path: db_path.clone(),
                 source,
@@ -133,6 +143,7 @@ impl Replication {
         let rep = Replication {
             tx,
             thread: std::sync::Mutex::new(Some(thread)),
+            shipped,
             _watcher: watcher,
             _lock: lock,
         };
@@ -151,11 +162,43 @@ impl Replication {
 
     /// Takes a full snapshot now; returns its key.
     pub async fn snapshot(&self) -> Result<String, CaptureError> {
+        self.ask(Command::Snapshot).await
+    }
+
+    /// Ships every transaction committed before the call now (whatever the
+    /// upload interval) and returns the last txid in the replica.
+    pub async fn flush(&self) -> Result<u64, CaptureError> {
+        self.ask(Command::Flush).await
+    }
+
+    /// Sends a command that the engine answers with a result.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
+    ) -> Result<T, CaptureError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Snapshot(tx)).await?;
+        self.send(command(tx)).await?;
         rx.await
             .map_err(|_| CaptureError::Stopped("capture thread ended".into()))?
             .map_err(CaptureError::Stopped)
+    }
+
+    /// Returns once transaction `txid` is durably in the replica (at once if
+    /// it already is); an error if replication stops before that.
+    pub async fn wait_for_txid(&self, txid: u64) -> Result<(), CaptureError> {
+        let mut rx = self.shipped.clone();
+        let reached = rx.wait_for(|&t| t >= txid).await.is_ok();
+        if reached {
+            return Ok(());
+        }
+        Err(CaptureError::Stopped(format!(
+            "replication ended before txid {txid} was shipped"
+        )))
+    }
+
+    /// The last txid durably in the replica, updated as segments are shipped.
+    pub fn shipped_txid(&self) -> watch::Receiver<u64> {
+        self.shipped.clone()
     }
 
     /// Positions, lag and the last error.

@@ -97,6 +97,8 @@ impl Source {
         let pin = open_connection(db_path, busy_timeout)?;
         check_database(db_path, &pin)?;
         let lock = open_connection(db_path, busy_timeout)?;
+        small_cache(db_path, &pin)?;
+        small_cache(db_path, &lock)?;
         Ok(Source {
             db_path: db_path.to_path_buf(),
             wal_path: wal_path(db_path),
@@ -227,6 +229,7 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection, Ca
     };
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(err)?;
+    lean(&conn).map_err(err)?;
     conn.busy_timeout(busy_timeout).map_err(err)?;
     // Never checkpoint on our own schedule or on close: only after shipping.
     conn.pragma_update(None, "wal_autocheckpoint", 0)
@@ -237,6 +240,38 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection, Ca
     conn.file_control(Some("main"), FileControl::PersistWal(&mut persist))
         .map_err(err)?;
     Ok(conn)
+}
+
+/// These connections only hold a read transaction or the write lock and run
+/// checkpoints; pages are read from the file directly. SQLite's per-connection
+/// lookaside memory and a growing page cache would cost tens of KB for each
+/// replicated database, for nothing (docs/benchmarks.md, many databases).
+fn lean(conn: &Connection) -> rusqlite::Result<()> {
+    // SAFETY: the handle is valid while `conn` lives, and lookaside may be
+    // reconfigured while none of it is in use, as right after opening.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_config(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            0 as std::ffi::c_int,
+            0 as std::ffi::c_int,
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        tracing::debug!(rc, "could not turn lookaside memory off");
+    }
+    Ok(())
+}
+
+/// Caps the page cache (after `check_database`: setting it reads the schema,
+/// which must fail as "not a database" there, not here).
+fn small_cache(path: &Path, conn: &Connection) -> Result<(), CaptureError> {
+    conn.pragma_update(None, "cache_size", 2)
+        .map_err(|source| CaptureError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn check_database(path: &Path, conn: &Connection) -> Result<(), CaptureError> {

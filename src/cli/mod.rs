@@ -1,13 +1,14 @@
 //! Maps command-line arguments to library calls.
 
+mod exec;
 mod keys;
 mod monitoring;
 mod output;
 mod prune;
+mod running;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -15,7 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use walstream::config::Config;
 use walstream::control;
-use walstream::{CaptureOptions, IntegrityCheck, ReplicaUrl, Replication, RestoreOptions, Target};
+use walstream::{CaptureOptions, IntegrityCheck, ReplicaUrl, RestoreOptions, Target};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -66,6 +67,12 @@ enum Command {
         /// (persistent; without it such a database is refused).
         #[arg(long)]
         enable_wal: bool,
+        /// Run CMD under replication: restore a missing database first, forward
+        /// SIGTERM/SIGINT/SIGHUP to it, and when it exits ship what it committed
+        /// and exit with its status. CMD is split into words like a shell does
+        /// (quotes, backslashes; no variables or globs).
+        #[arg(long, value_name = "CMD", conflicts_with = "once")]
+        exec: Option<String>,
     },
     /// Restore a database from a replica (latest, or to a txid or time).
     Restore {
@@ -235,6 +242,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             once,
             metrics_addr,
             enable_wal,
+            exec,
         } => {
             let t = targets(db, replica, config, !no_expand_env)?;
             let (dbs, opts) = (t.dbs, t.opts);
@@ -244,6 +252,19 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                         tracing::info!(db = %db.display(), from, "switched the database to WAL mode");
                     }
                 }
+            }
+            if let Some(cmd) = exec {
+                if dbs.is_empty() {
+                    tracing::info!("backups are disabled ([storage.backup] enabled = false): running the command without replication");
+                }
+                let monitor = monitor_with(t.monitor, metrics_addr)?;
+                return exec::run(&cmd, dbs, opts, monitor, t.keys).await;
+            }
+            if dbs.is_empty() {
+                tracing::info!(
+                    "backups are disabled ([storage.backup] enabled = false): nothing to replicate"
+                );
+                return Ok(ExitCode::SUCCESS);
             }
             if once {
                 for (db, url) in dbs {
@@ -258,13 +279,7 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let mut monitor = t.monitor;
-            if let Some(a) = metrics_addr {
-                monitor.metrics_addr = Some(
-                    walstream::monitor::parse_metrics_addr(&a)
-                        .ok_or_else(|| anyhow!("--metrics-addr {a:?}: use HOST:PORT"))?,
-                );
-            }
+            let monitor = monitor_with(t.monitor, metrics_addr)?;
             replicate(dbs, opts, monitor, t.keys).await
         }
         Command::Restore {
@@ -467,7 +482,13 @@ fn targets(
         }
         (None, None, Some(path)) => {
             let c = Config::load(&path, expand)?;
-            if c.dbs.is_empty() {
+            if c.dbs.is_empty() && !c.backups_disabled {
+                if c.backup_replica.is_some() {
+                    bail!(
+                        "config {}: [storage.backup] names no database: add database = \"PATH\"",
+                        path.display()
+                    );
+                }
                 bail!("config {} lists no [[db]]", path.display());
             }
             let keys = keys::settings(Some(&c))?;
@@ -511,6 +532,20 @@ fn restore_paths(
     Ok((out, url, keys))
 }
 
+/// The config's monitoring with `--metrics-addr` applied.
+fn monitor_with(
+    mut monitor: walstream::monitor::MonitorConfig,
+    metrics_addr: Option<String>,
+) -> Result<walstream::monitor::MonitorConfig> {
+    if let Some(a) = metrics_addr {
+        monitor.metrics_addr = Some(
+            walstream::monitor::parse_metrics_addr(&a)
+                .ok_or_else(|| anyhow!("--metrics-addr {a:?}: use HOST:PORT"))?,
+        );
+    }
+    Ok(monitor)
+}
+
 /// Options with the replica's defaults filled in where the config set none.
 fn with_store_defaults(opts: &CaptureOptions, url: &ReplicaUrl) -> CaptureOptions {
     let mut o = opts.clone();
@@ -535,58 +570,23 @@ async fn replicate(
     // Installed before start-up so a signal during the first snapshot is not lost.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut running = Vec::new();
-    let mut monitors = Vec::new();
-    for (db, url) in dbs {
-        let store = url.open()?;
-        let rep = Replication::start(&db, Arc::clone(&store), with_store_defaults(&opts, &url))
-            .await
-            .with_context(|| format!("starting replication of {} to {url}", db.display()))?;
-        let rep = Arc::new(rep);
-        let abs = std::path::absolute(&db)?;
-        let mon = Arc::new(walstream::monitor::DbMonitor::new(
-            abs.clone(),
-            Arc::clone(&rep),
-            store,
-            monitor.thresholds,
-        ));
-        let server = control::serve(&abs, Arc::clone(&rep), Some(Arc::clone(&mon)))
-            .with_context(|| format!("opening the control socket for {}", db.display()))?;
-        tracing::info!(db = %db.display(), replica = %url, "replicating");
-        running.push((db, rep, server));
-        monitors.push(mon);
-    }
-    let tasks = monitoring::start(&monitor, monitors, &keys).await?;
+    let running = running::Running::start(dbs, &opts, &monitor, &keys).await?;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = tick.tick() => {
-                if running.iter().any(|(_, rep, _)| rep.is_finished()) {
+                if running.any_finished() {
                     tracing::error!("a replication stopped unexpectedly");
                     break;
                 }
             }
         }
     }
-    tracing::info!("shutting down: shipping what is committed");
-    for t in tasks {
-        t.abort();
-    }
-    let mut failed = false;
-    for (db, rep, server) in running {
-        server.abort();
-        let _ = server.await;
-        let _ = std::fs::remove_file(control::socket_path(&std::path::absolute(&db)?));
-        if let Err(e) = rep.shutdown().await {
-            tracing::error!(db = %db.display(), error = %e, "final sync failed");
-            failed = true;
-        }
-    }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
+    Ok(if running.stop().await? {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
 }

@@ -28,25 +28,12 @@ impl std::fmt::Debug for EncryptionConfig {
     }
 }
 
-/// `[storage.backup.encryption]`: the same table at another place.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawStorage {
-    pub backup: Option<RawBackup>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawBackup {
-    pub encryption: Option<EncryptionConfig>,
-}
-
-/// Picks the one encryption table of a config (both places set is an error).
+/// Picks the one encryption table of a config: `[encryption]` or `nested`
+/// (`[storage.backup.encryption]`); both set is an error.
 pub fn pick_table(
     top: Option<EncryptionConfig>,
-    storage: Option<RawStorage>,
+    nested: Option<EncryptionConfig>,
 ) -> Result<Option<EncryptionConfig>, String> {
-    let nested = storage.and_then(|s| s.backup).and_then(|b| b.encryption);
     match (top, nested) {
         (Some(_), Some(_)) => Err(
             "encryption is configured twice ([encryption] and [storage.backup.encryption]): \

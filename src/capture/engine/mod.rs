@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::runtime::Handle;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::compactor::{Compactor, CompactorContext};
 use super::source::Source;
@@ -125,16 +125,30 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// The engine's ends of its channels to the `Replication`.
+pub(crate) struct Links {
+    pub rx: Receiver<Command>,
+    /// The outcome of start-up.
+    pub ready: oneshot::Sender<Result<(), CaptureError>>,
+    /// The last txid durably in the replica.
+    pub shipped: watch::Sender<u64>,
+}
+
 pub(crate) fn run(
     db_path: PathBuf,
     store: Arc<dyn ObjectStore>,
     opts: CaptureOptions,
     poll: Duration,
     rt: Handle,
-    rx: Receiver<Command>,
-    ready: oneshot::Sender<Result<(), CaptureError>>,
+    links: Links,
 ) -> Result<(), CaptureError> {
+    let Links { rx, ready, shipped } = links;
     let mut eng = Engine::new(db_path, store, opts, rt);
+    // Waiters (`Replication::wait_for_txid`) see each txid once it is durable.
+    let publish = |eng: &Engine| {
+        let txid = eng.status.last_shipped_txid;
+        shipped.send_if_modified(|v| std::mem::replace(v, txid) != txid);
+    };
     let mut failures = 0u32;
     match eng.start_retrying() {
         Ok(()) => {}
@@ -151,6 +165,7 @@ pub(crate) fn run(
             return Ok(());
         }
     }
+    publish(&eng);
     let _ = ready.send(Ok(()));
     loop {
         let wait = if failures > 0 {
@@ -167,11 +182,13 @@ pub(crate) fn run(
         cmds.extend(rx.try_iter());
         let mut shutdown = false;
         let mut snapshots = Vec::new();
+        let mut flushes = Vec::new();
         for c in cmds {
             match c {
                 Command::Wake => {}
                 Command::Shutdown => shutdown = true,
                 Command::Snapshot(reply) => snapshots.push(reply),
+                Command::Flush(reply) => flushes.push(reply),
                 Command::Status(reply) => {
                     let _ = reply.send(eng.current_status());
                 }
@@ -179,6 +196,7 @@ pub(crate) fn run(
         }
         if shutdown {
             let r = eng.final_sync();
+            publish(&eng);
             eng.stop_compactor();
             eng.release_lease();
             return r;
@@ -201,6 +219,15 @@ pub(crate) fn run(
             }
             let _ = reply.send(r.map_err(|e| e.to_string()));
         }
+        for reply in flushes {
+            // Ships at once, whatever the upload interval.
+            let r = eng.sync().map(|()| eng.status.last_shipped_txid);
+            if let Err(e) = &r {
+                eng.record_error(e);
+            }
+            let _ = reply.send(r.map_err(|e| e.to_string()));
+        }
+        publish(&eng);
     }
 }
 
