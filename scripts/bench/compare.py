@@ -163,7 +163,9 @@ class Replicator:
                     if args.litestream_interval:
                         f.write(f"        sync-interval: {args.litestream_interval}\n")
             cmd = [args.litestream, "replicate", "-config", cfg]
-            env = dict(os.environ)
+            # A CA bundle in the environment makes Litestream's S3 client fail to
+            # start ("unable to add custom RootCAs"); the benchmarks use plain HTTP.
+            env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
         self.proc = subprocess.Popen(cmd, stdout=logf, stderr=logf, env=env)
 
     def watch_dir(self, i=0):
@@ -408,6 +410,8 @@ def run_s3(tool, args, work):
             n += 1
             time.sleep(args.storage_interval)
         c1, t1 = counts(), time.time()
+        if rep.proc.poll() is not None:
+            raise RuntimeError(f"{tool} exited during the S3 run: see its log")
     finally:
         conn.close()
         rep.stop()
