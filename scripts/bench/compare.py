@@ -644,8 +644,9 @@ def charts(res, args):
         ax.bar(names, [med(R[t], "wall_s") for t in names], color=("tab:blue", "tab:orange"))
         for i, t in enumerate(names):
             ax.scatter([i] * len(R[t]), [r["wall_s"] for r in R[t]], color="black", s=10, zorder=3)
-            ax.annotate(f"{med(R[t], 'wall_s'):.2f} s, {med(R[t], 'peak_rss_mb'):.0f} MB RSS", (i, med(R[t], "wall_s")),
+            ax.annotate(f"{med(R[t], 'wall_s'):.2f} s, {med(R[t], 'peak_rss_mb'):.0f} MB RSS", (i, max(r["wall_s"] for r in R[t])),
                         ha="center", va="bottom", xytext=(0, 4), textcoords="offset points")
+        ax.set_ylim(0, max(r["wall_s"] for t in names for r in R[t]) * 1.2)
         ax.set_ylabel("wall time (s)")
         ax.set_title(f"Restore latest of a {med(res['ingest']['walstream'], 'db_mb'):.0f} MB database (median, dots: runs)")
         fig.tight_layout()
@@ -680,9 +681,16 @@ def main():
                     help="Litestream monitor-interval and sync-interval (default: Litestream's own, 1s)")
     ap.add_argument("--dir", default=None, help="parent of the work directory (default: system temp)")
     ap.add_argument("--out", default=".tools/compare", help="where results.json goes")
+    ap.add_argument("--from-json", default="", help="only print tables and draw charts from this results.json")
     ap.add_argument("--img", default="", help="directory for lag.png / restore.png (default: none)")
     args = ap.parse_args()
     args.only = set(args.only.split(","))
+    if args.from_json:  # tables and charts again from an earlier results.json
+        with open(args.from_json) as f:
+            res = json.load(f)
+        report(res, args, sys.stdout)
+        charts(res, args)
+        return
     args.many = [int(x) for x in args.many.split(",")]
     main_all(args)
 
