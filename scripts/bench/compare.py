@@ -558,7 +558,7 @@ def report(res, args, out):
           f"unmatched commits: {sum(r['unmatched'] for t in TOOLS for r in L[t])}\n")
     if "throughput" in res:
         T = res["throughput"]
-        p(f"### Application write throughput ({args.seconds:g} s of one-row commits back to back)\n")
+        p(f"### Application write throughput ({args.seconds:g} s of one-row commits back to back, synchronous={args.synchronous})\n")
         p("| replicator | median commits/s | runs | vs none |")
         p("|---|---:|---|---:|")
         base = med(T["none"], "commits_per_s")
