@@ -1,0 +1,699 @@
+#!/usr/bin/env python3
+"""walstream and Litestream side by side, on the same workloads.
+
+Run through scripts/bench/compare.sh, which installs Litestream and builds
+walstream first. Progress goes to stderr, markdown results to stdout, raw
+numbers to OUT_DIR/results.json.
+
+Every workload runs both tools alternately (walstream, Litestream, walstream,
+Litestream, ...) on a fresh database each time; tables give the median of the
+runs and every individual run.
+
+The application is this script: Python's sqlite3 module, WAL mode,
+PRAGMA synchronous=NORMAL (--synchronous to change), one row per transaction.
+
+Lag is detected the same way for both tools: a separate watcher process
+(`compare.py watch DIR`) blocks in inotify on the directory where the tool
+publishes its per-transaction files (walstream: REPLICA/segments,
+Litestream: REPLICA/ltx/0) and timestamps every file that appears under its
+final name (IN_CREATE or IN_MOVED_TO; names containing "tmp" are ignored) with
+CLOCK_MONOTONIC. The application timestamps each COMMIT's return with the same
+clock. A commit's lag is the time from its COMMIT returning to the first file
+that appears after it.
+"""
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+TOOLS = ("walstream", "litestream")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    print(f"compare: {msg}", file=sys.stderr, flush=True)
+
+
+def now_ns():
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def load():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def io_pressure():
+    try:
+        with open("/proc/pressure/io") as f:
+            return f.readline().split()[1].split("=")[1] + " %"
+    except OSError:
+        return "n/a"
+
+
+# ---------------------------------------------------------------- watcher
+
+
+def watch_main(directory, out_path):
+    """Print `<monotonic ns> <name>` for each file appearing in DIRECTORY."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    fd = libc.inotify_init1(0)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "inotify_init1")
+    in_create, in_moved_to = 0x100, 0x80
+    if libc.inotify_add_watch(fd, directory.encode(), in_create | in_moved_to) < 0:
+        raise OSError(ctypes.get_errno(), f"inotify_add_watch {directory}")
+    out = open(out_path, "w", buffering=1)
+    out.write("ready\n")
+    signal.signal(signal.SIGTERM, lambda *_: (out.flush(), os._exit(0)))
+    while True:
+        buf = os.read(fd, 65536)
+        t = now_ns()
+        i = 0
+        while i < len(buf):
+            _wd, _mask, _cookie, length = struct.unpack_from("iIII", buf, i)
+            name = buf[i + 16 : i + 16 + length].rstrip(b"\0").decode()
+            i += 16 + length
+            if "tmp" not in name and not name.startswith("."):
+                out.write(f"{t} {name}\n")
+
+
+class Watcher:
+    def __init__(self, directory, work):
+        self.path = os.path.join(work, f"events-{random.randrange(1 << 30)}.txt")
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "watch", directory, self.path]
+        )
+        deadline = time.time() + 10
+        while not (os.path.exists(self.path) and open(self.path).read().startswith("ready")):
+            if time.time() > deadline:
+                raise RuntimeError("watcher did not start")
+            time.sleep(0.01)
+
+    def events(self):
+        out = []
+        with open(self.path) as f:
+            for line in f:
+                if line.strip() == "ready":
+                    continue
+                t, name = line.split(" ", 1)
+                out.append((int(t), name.strip()))
+        return out
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+        ev = self.events()
+        os.unlink(self.path)
+        return ev
+
+
+# ---------------------------------------------------------------- tools
+
+
+class Replicator:
+    """One running replicator process for one or more databases."""
+
+    def __init__(self, tool, args, dbs, work, s3=None):
+        self.tool, self.args, self.dbs, self.work = tool, args, dbs, work
+        self.replicas = [os.path.join(os.path.dirname(db), f"replica-{tool}") for db in dbs]
+        if s3:  # (endpoint, bucket): one prefix per run
+            endpoint, bucket = s3
+            prefix = f"compare-{tool}-{random.randrange(1 << 30)}"
+            self.replicas = [f"s3://{bucket}/{prefix}"]
+        logf = open(os.path.join(work, f"{tool}.log"), "ab")
+        if tool == "walstream":
+            if s3:
+                url = f"{self.replicas[0]}?endpoint={s3[0]}&force-path-style=true&region=us-east-1"
+                cmd = [args.walstream, "replicate", dbs[0], url]
+            elif len(dbs) == 1:
+                cmd = [args.walstream, "replicate", dbs[0], self.replicas[0]]
+            else:
+                cfg = os.path.join(work, "walstream.toml")
+                with open(cfg, "w") as f:
+                    for db, rep in zip(dbs, self.replicas):
+                        f.write(f'[[db]]\npath = "{db}"\n[[db.replica]]\nurl = "file://{rep}"\n\n')
+                cmd = [args.walstream, "replicate", "--config", cfg]
+            env = dict(os.environ, WALSTREAM_LOG="warn")
+        else:
+            cfg = os.path.join(work, "litestream.yml")
+            with open(cfg, "w") as f:
+                f.write("dbs:\n")
+                for db, rep in zip(dbs, self.replicas):
+                    f.write(f"  - path: {db}\n")
+                    if args.litestream_interval:
+                        f.write(f"    monitor-interval: {args.litestream_interval}\n")
+                    if s3:
+                        f.write(f"    replicas:\n      - url: {rep}\n        endpoint: {s3[0]}\n"
+                                "        force-path-style: true\n        region: us-east-1\n")
+                    else:
+                        f.write(f"    replicas:\n      - url: file://{rep}\n")
+                    if args.litestream_interval:
+                        f.write(f"        sync-interval: {args.litestream_interval}\n")
+            cmd = [args.litestream, "replicate", "-config", cfg]
+            # A CA bundle in the environment makes Litestream's S3 client fail to
+            # start ("unable to add custom RootCAs"); the benchmarks use plain HTTP.
+            env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+        self.proc = subprocess.Popen(cmd, stdout=logf, stderr=logf, env=env)
+
+    def watch_dir(self, i=0):
+        sub = "segments" if self.tool == "walstream" else os.path.join("ltx", "0")
+        return os.path.join(self.replicas[i], sub)
+
+    def cpu_s(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def status(self, key):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024  # MB
+        return float("nan")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def connect(db, args):
+    c = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute(f"PRAGMA synchronous={args.synchronous}")
+    c.execute("PRAGMA busy_timeout=10000")
+    return c
+
+
+def new_db(work, name="app.db", payload=True):
+    d = os.path.join(work, f"{name}.d-{random.randrange(1 << 30)}")
+    os.makedirs(d)
+    db = os.path.join(d, name)
+    c = sqlite3.connect(db, isolation_level=None)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, seq INTEGER, ts INTEGER, v BLOB)")
+    c.execute("INSERT INTO t(seq, ts, v) VALUES (0, 0, randomblob(40))")
+    c.close()
+    return db
+
+
+def wait_ready(rep, conn, i=0, timeout=60):
+    """Commit a row every 50 ms until the tool has published one per-commit file."""
+    d = rep.watch_dir(i)
+    deadline = time.time() + timeout
+    while not (os.path.isdir(d) and os.listdir(d)):
+        if rep.proc.poll() is not None:
+            raise RuntimeError(f"{rep.tool} exited: see its log in the work directory")
+        if time.time() > deadline:
+            raise RuntimeError(f"{rep.tool}: no file in {d} after {timeout} s")
+        conn.execute("INSERT INTO t(seq, ts, v) VALUES (-1, 0, randomblob(40))")
+        time.sleep(0.05)
+    time.sleep(1.5)
+
+
+def q(v, p):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(p * len(v)))]
+
+
+def rm(path):
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- workloads
+
+
+@contextlib.contextmanager
+def replicated(tool, args, work):
+    """A fresh database, TOOL replicating it (none: no replicator) once it has
+    published a first file, and an application connection."""
+    db = new_db(work)
+    rep = Replicator(tool, args, [db], work) if tool != "none" else None
+    conn = connect(db, args)
+    try:
+        if rep:
+            wait_ready(rep, conn)
+        yield db, rep, conn
+    finally:
+        conn.close()
+        if rep:
+            rep.stop()
+
+
+def run_lag(tool, args, work):
+    with replicated(tool, args, work) as (db, rep, conn):
+        w = Watcher(rep.watch_dir(), work)
+        for _ in range(20):  # warm-up, not measured
+            conn.execute("INSERT INTO t(seq, ts, v) VALUES (-2, 0, randomblob(40))")
+            time.sleep(args.interval)
+        time.sleep(2)  # Litestream: let the warm-up sync out
+        cpu0, t0 = rep.cpu_s(), time.time()
+        commits = []
+        nxt = time.perf_counter()
+        for seq in range(1, args.commits + 1):
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO t(seq, ts, v) VALUES (?, ?, randomblob(40))", (seq, time.time_ns()))
+            conn.execute("COMMIT")
+            commits.append(now_ns())
+            nxt += args.interval
+            delay = nxt - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        time.sleep(args.settle)
+        cpu = (rep.cpu_s() - cpu0) / (time.time() - t0)
+        events = [e for e in w.stop() if e[0] >= commits[0] - 10**9]
+    lags, unmatched, k = [], 0, 0
+    times = sorted(t for t, _ in events)
+    for c in commits:
+        while k < len(times) and times[k] < c:
+            k += 1
+        if k == len(times):
+            unmatched += 1
+        else:
+            lags.append((times[k] - c) / 1e6)
+    files = sum(1 for t in times if t >= commits[0])
+    rm(os.path.dirname(db))
+    return {"lags_ms": lags, "unmatched": unmatched, "files": files, "cpu_share": cpu}
+
+
+def run_throughput(tool, args, work):
+    with replicated(tool, args, work) as (db, _rep, conn):
+        n, t0 = 0, time.perf_counter()
+        end = t0 + args.seconds
+        while time.perf_counter() < end:
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO t(seq, ts, v) VALUES (?, ?, randomblob(40))", (n, 0))
+            conn.execute("COMMIT")
+            n += 1
+        rate = n / (time.perf_counter() - t0)
+    rm(os.path.dirname(db))
+    return {"commits_per_s": rate}
+
+
+def dir_stats(path):
+    files = size = 0
+    for root, _dirs, names in os.walk(path):
+        for n in names:
+            try:
+                size += os.stat(os.path.join(root, n)).st_size
+                files += 1
+            except FileNotFoundError:
+                pass
+    return files, size
+
+
+def run_ingest_restore(tool, args, work):
+    """Ingest MB of incompressible rows, then restore the latest state."""
+    with replicated(tool, args, work) as (db, rep, conn):
+        w = Watcher(rep.watch_dir(), work)
+        cpu0 = rep.cpu_s()
+        t0 = time.perf_counter()
+        for _ in range(args.ingest_mb * 10):
+            conn.execute("INSERT INTO t(seq, ts, v) VALUES (1, 0, randomblob(100000))")
+        last = now_ns()
+        ingest_s = time.perf_counter() - t0
+        source_rows = conn.execute("SELECT count(*) FROM t").fetchone()[0]
+        # Catch-up: the last file published after the last commit and followed
+        # by QUIET seconds without another one.
+        deadline = time.time() + 300
+        while True:
+            time.sleep(0.5)
+            newest = max([t for t, _ in w.events()], default=0)
+            if newest >= last and now_ns() - newest > args.quiet * 1e9:
+                break
+            if time.time() > deadline:
+                raise RuntimeError(f"{tool}: no file after the last commit within 300 s")
+        catch_up = (newest - last) / 1e9
+        cpu = rep.cpu_s() - cpu0
+        hwm = rep.status("VmHWM")
+        w.stop()
+    db_mb = os.path.getsize(db) / 1e6
+    files, size = dir_stats(rep.replicas[0])
+    return {
+        "ingest_s": ingest_s, "catch_up_s": catch_up, "cpu_s": cpu, "peak_rss_mb": hwm,
+        "db_mb": db_mb, "replica_files": files, "replica_mb": size / 1e6,
+        "db": db, "replica": rep.replicas[0], "source_rows": source_rows,
+    }
+
+
+def restore_once(tool, args, replica, out):
+    if os.path.exists(out):
+        os.unlink(out)
+    if tool == "walstream":
+        cmd = [args.walstream, "restore", "-o", out, replica]
+    else:
+        cmd = [args.litestream, "restore", "-o", out, f"file://{replica}"]
+    r = subprocess.run(["/usr/bin/time", "-f", "TIME %e %M"] + cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{tool} restore failed: {r.stderr[-2000:]}")
+    line = [l for l in r.stderr.splitlines() if l.startswith("TIME ")][-1]
+    _, wall, rss = line.split()
+    c = sqlite3.connect(out)
+    rows = c.execute("SELECT count(*) FROM t").fetchone()[0]
+    c.close()
+    return {"wall_s": float(wall), "peak_rss_mb": int(rss) / 1024, "rows": rows}
+
+
+def run_storage(tool, args, work):
+    with replicated(tool, args, work) as (db, rep, conn):
+        end = time.time() + args.storage_minutes * 60
+        n = 0
+        while time.time() < end:
+            conn.execute("INSERT INTO t(seq, ts, v) VALUES (?, ?, randomblob(100))", (n, 0))
+            n += 1
+            time.sleep(args.storage_interval)
+        time.sleep(5)
+        hwm = rep.status("VmHWM")
+    files, size = dir_stats(rep.replicas[0])
+    rm(os.path.dirname(db))
+    return {"commits": n, "files": files, "bytes": size, "peak_rss_mb": hwm}
+
+
+def run_s3(tool, args, work):
+    """Constant writes to an S3 replica behind the counting proxy."""
+    counts_file = os.environ["COMPARE_S3_COUNTS"]
+    def counts():
+        try:
+            with open(counts_file) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+    db = new_db(work)
+    endpoint = f"http://127.0.0.1:{os.environ['COMPARE_S3_PROXY_PORT']}"
+    rep = Replicator(tool, args, [db], work, s3=(endpoint, os.environ["WALSTREAM_TEST_S3_BUCKET"]))
+    conn = connect(db, args)
+    try:
+        conn.execute("INSERT INTO t(seq, ts, v) VALUES (-1, 0, randomblob(40))")
+        time.sleep(10)  # start-up: first snapshot, lease, initial listing
+        c0, t0 = counts(), time.time()
+        end = t0 + args.storage_minutes * 60
+        n = 0
+        while time.time() < end:
+            conn.execute("INSERT INTO t(seq, ts, v) VALUES (?, ?, randomblob(100))", (n, 0))
+            n += 1
+            time.sleep(args.storage_interval)
+        c1, t1 = counts(), time.time()
+        if rep.proc.poll() is not None:
+            raise RuntimeError(f"{tool} exited during the S3 run: see its log")
+    finally:
+        conn.close()
+        rep.stop()
+    rm(os.path.dirname(db))
+    per_hour = {k: (c1.get(k, 0) - c0.get(k, 0)) * 3600 / (t1 - t0) for k in set(c0) | set(c1)}
+    return {"commits": n, "seconds": t1 - t0, "per_hour": per_hour,
+            "total_per_hour": sum(per_hour.values())}
+
+
+def run_many(tool, args, work, count):
+    dbs = [new_db(work, f"db{i}.db") for i in range(count)]
+    rep = Replicator(tool, args, dbs, work)
+    conns = [connect(db, args) for db in dbs]
+    try:
+        wait_ready(rep, conns[0], 0, timeout=120)
+        end = time.time() + args.many_seconds
+        while time.time() < end:  # one commit per database per second
+            for c in conns:
+                c.execute("INSERT INTO t(seq, ts, v) VALUES (1, 0, randomblob(100))")
+            time.sleep(1)
+        rss, hwm = rep.status("VmRSS"), rep.status("VmHWM")
+    finally:
+        for c in conns:
+            c.close()
+        rep.stop()
+    for db in dbs:
+        rm(os.path.dirname(db))
+    return {"rss_mb": rss, "peak_rss_mb": hwm}
+
+
+# ---------------------------------------------------------------- driver
+
+
+def alternate(args, tools, what, run, summary):
+    """ROUNDS rounds of RUN(tool) for each tool in turn: A B A B ..."""
+    runs = {t: [] for t in tools}
+    for r in range(args.rounds):
+        for t in tools:
+            log(f"{what} round {r + 1}: {t} (load {load()})")
+            x = run(t)
+            x["load"] = load()
+            log("  " + summary(x))
+            runs[t].append(x)
+    return runs
+
+
+def ingest_and_restore(tool, args, work):
+    x = run_ingest_restore(tool, args, work)
+    out = os.path.join(work, "restored.db")
+    x["restores"] = []
+    for _ in range(args.restores):
+        y = restore_once(tool, args, x["replica"], out)
+        if y["rows"] != x["source_rows"]:
+            raise RuntimeError(f"{tool} restore has {y['rows']} rows, the source {x['source_rows']}")
+        y["load"] = load()
+        x["restores"].append(y)
+    rm(os.path.dirname(x["db"]))
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(out + suffix):
+            os.unlink(out + suffix)
+    del x["db"], x["replica"]
+    return x
+
+
+def med(runs, key):
+    return statistics.median(r[key] for r in runs)
+
+
+def fmt_runs(runs, key, f="{:.2f}"):
+    return ", ".join(f.format(r[key]) for r in runs)
+
+
+def ratio(a, b):
+    return f"{a / b:.3g}" if b else "n/a"
+
+
+def main_all(args):
+    work = tempfile.mkdtemp(prefix="compare-", dir=args.dir)
+    res = {"load_before": load(), "io_pressure_before": io_pressure(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = sys.stdout
+    try:
+        if "lag" in args.only:
+            res["lag"] = alternate(args, TOOLS, "lag", lambda t: run_lag(t, args, work), lambda x: (
+                f"p50 {q(x['lags_ms'], .5):.2f} ms, p95 {q(x['lags_ms'], .95):.2f} ms, "
+                f"{x['files']} files, unmatched {x['unmatched']}"))
+        if "throughput" in args.only:
+            res["throughput"] = alternate(args, ("none",) + TOOLS, "throughput",
+                                          lambda t: run_throughput(t, args, work),
+                                          lambda x: f"{x['commits_per_s']:.0f} commits/s")
+        if "ingest" in args.only:
+            runs = alternate(args, TOOLS, f"ingest {args.ingest_mb} MB", lambda t: ingest_and_restore(t, args, work),
+                             lambda x: (f"ingest {x['ingest_s']:.1f} s, catch-up {x['catch_up_s']:.2f} s, CPU {x['cpu_s']:.2f} s, "
+                                        f"peak RSS {x['peak_rss_mb']:.0f} MB, db {x['db_mb']:.0f} MB, restores (s, MB): "
+                                        + ", ".join(f"{y['wall_s']:.2f} {y['peak_rss_mb']:.0f}" for y in x["restores"])))
+            res["ingest"] = runs
+            res["restore"] = {t: [y for x in runs[t] for y in x.pop("restores")] for t in TOOLS}
+        if "storage" in args.only:
+            res["storage"] = alternate(args, TOOLS, f"storage {args.storage_minutes} min",
+                                       lambda t: run_storage(t, args, work),
+                                       lambda x: f"{x['commits']} commits, {x['files']} files, {x['bytes'] / 1e6:.2f} MB")
+        if "s3" in args.only:
+            res["s3"] = alternate(args, TOOLS, f"S3 requests, {args.storage_minutes} min",
+                                  lambda t: run_s3(t, args, work),
+                                  lambda x: f"{x['commits']} commits, per hour: {x['per_hour']}")
+        if "many" in args.only:
+            runs = {}
+            for n in args.many:
+                for t in TOOLS:
+                    log(f"{n} databases: {t} (load {load()})")
+                    x = run_many(t, args, work, n)
+                    x["load"] = load()
+                    log(f"  RSS {x['rss_mb']:.0f} MB, peak {x['peak_rss_mb']:.0f} MB")
+                    runs.setdefault(str(n), {})[t] = x
+            res["many"] = runs
+    finally:
+        rm(work)
+    res["load_after"], res["io_pressure_after"] = load(), io_pressure()
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    report(res, args, out)
+    charts(res, args)
+
+
+def report(res, args, out):
+    p = lambda *a: print(*a, file=out)
+    p(f"started {res['started']}, load average {res['load_before']} → {res['load_after']}, "
+      f"IO pressure {res['io_pressure_before']} → {res['io_pressure_after']}\n")
+    if "lag" in res:
+        L = res["lag"]
+        p(f"### Lag: COMMIT returned → file in the replica ({args.commits} commits, one per {args.interval * 1000:g} ms, synchronous={args.synchronous})\n")
+        p("| tool | p50 ms (runs) | median p50 | median p95 | median p99 | files/run | CPU share | load per run |")
+        p("|---|---|---:|---:|---:|---:|---:|---|")
+        meds = {}
+        for t in TOOLS:
+            p50s = [q(r["lags_ms"], .5) for r in L[t]]
+            p95s = [q(r["lags_ms"], .95) for r in L[t]]
+            p99s = [q(r["lags_ms"], .99) for r in L[t]]
+            meds[t] = statistics.median(p50s), statistics.median(p95s)
+            p(f"| {t} | {', '.join(f'{v:.2f}' for v in p50s)} | {meds[t][0]:.2f} | {meds[t][1]:.2f} | "
+              f"{statistics.median(p99s):.2f} | {statistics.median(r['files'] for r in L[t]):.0f} | "
+              f"{statistics.median(r['cpu_share'] for r in L[t]) * 100:.1f} % | {'; '.join(r['load'] for r in L[t])} |")
+        p(f"\nwalstream / Litestream: p50 {ratio(meds['walstream'][0], meds['litestream'][0])}, p95 {ratio(meds['walstream'][1], meds['litestream'][1])}; "
+          f"unmatched commits: {sum(r['unmatched'] for t in TOOLS for r in L[t])}\n")
+    if "throughput" in res:
+        T = res["throughput"]
+        p(f"### Application write throughput ({args.seconds:g} s of one-row commits back to back, synchronous={args.synchronous})\n")
+        p("| replicator | median commits/s | runs | vs none |")
+        p("|---|---:|---|---:|")
+        base = med(T["none"], "commits_per_s")
+        for t in ("none",) + TOOLS:
+            m = med(T[t], "commits_per_s")
+            p(f"| {t} | {m:.0f} | {fmt_runs(T[t], 'commits_per_s', '{:.0f}')} | {(m / base - 1) * 100:+.1f} % |")
+        p("")
+    if "ingest" in res:
+        I, R = res["ingest"], res["restore"]
+        p(f"### {args.ingest_mb} MB ingest ({args.ingest_mb * 10} commits of 100 kB random bytes) and restore of the result\n")
+        p("| measure | walstream | Litestream | walstream / Litestream |")
+        p("|---|---:|---:|---:|")
+        rows = [
+            ("replicator CPU s (ingest + catch-up)", I, "cpu_s", "{:.2f}"),
+            ("replicator peak RSS MB (VmHWM)", I, "peak_rss_mb", "{:.0f}"),
+            ("catch-up s after the last commit", I, "catch_up_s", "{:.2f}"),
+            ("application ingest time s", I, "ingest_s", "{:.2f}"),
+            ("replica files", I, "replica_files", "{:.0f}"),
+            ("replica MB", I, "replica_mb", "{:.0f}"),
+            ("restore latest, wall s", R, "wall_s", "{:.2f}"),
+            ("restore peak RSS MB", R, "peak_rss_mb", "{:.0f}"),
+        ]
+        for name, src, key, f in rows:
+            a, b = med(src["walstream"], key), med(src["litestream"], key)
+            p(f"| {name} | {f.format(a)} ({fmt_runs(src['walstream'], key, f)}) | {f.format(b)} ({fmt_runs(src['litestream'], key, f)}) | {ratio(a, b)} |")
+        p(f"\ndatabase size {med(I['walstream'], 'db_mb'):.0f} MB; every restore held all the source's rows (checked); restored rows: walstream {sorted(set(r['rows'] for r in R['walstream']))}, Litestream {sorted(set(r['rows'] for r in R['litestream']))}\n")
+    if "storage" in res:
+        S = res["storage"]
+        p(f"### Replica after {args.storage_minutes:g} min of one 100-byte commit every {args.storage_interval * 1000:g} ms\n")
+        p("| tool | commits | files | MB | runs (files / MB) |")
+        p("|---|---:|---:|---:|---|")
+        for t in TOOLS:
+            p(f"| {t} | {med(S[t], 'commits'):.0f} | {med(S[t], 'files'):.0f} | {med(S[t], 'bytes') / 1e6:.2f} | "
+              + '; '.join(f"{r['files']} / {r['bytes'] / 1e6:.2f}" for r in S[t]) + " |")
+        p("")
+    if "s3" in res:
+        S = res["s3"]
+        kinds = sorted({k for t in TOOLS for r in S[t] for k in r["per_hour"]})
+        p(f"### S3 requests per hour (SeaweedFS on loopback behind a counting proxy; {args.storage_minutes:g} min of one 100-byte commit every {args.storage_interval * 1000:g} ms, scaled to an hour)\n")
+        p("| tool | " + " | ".join(kinds) + " | total | total per run |")
+        p("|---|" + "---:|" * (len(kinds) + 1) + "---|")
+        for t in TOOLS:
+            p(f"| {t} | " + " | ".join(f"{statistics.median(r['per_hour'].get(k, 0) for r in S[t]):.0f}" for k in kinds)
+              + f" | {med(S[t], 'total_per_hour'):.0f} | {fmt_runs(S[t], 'total_per_hour', '{:.0f}')} |")
+        p("")
+    if "many" in res:
+        M = res["many"]
+        p(f"### Memory with many databases in one process ({args.many_seconds:g} s, one commit per database per second)\n")
+        p("| databases | walstream RSS / peak MB | Litestream RSS / peak MB |")
+        p("|---:|---:|---:|")
+        for n, v in M.items():
+            p(f"| {n} | {v['walstream']['rss_mb']:.0f} / {v['walstream']['peak_rss_mb']:.0f} | {v['litestream']['rss_mb']:.0f} / {v['litestream']['peak_rss_mb']:.0f} |")
+        p("")
+
+
+def charts(res, args):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not available: no charts")
+        return
+    if "lag" in res and args.img:
+        fig, ax = plt.subplots(figsize=(7, 3.6), dpi=90)
+        for t, color in zip(TOOLS, ("tab:blue", "tab:orange")):
+            v = sorted(x for r in res["lag"][t] for x in r["lags_ms"])
+            ax.plot(v, [i / len(v) for i in range(len(v))], label=f"{t} (p50 {q(v, .5):.2f} ms)", color=color)
+        ax.set_xscale("log")
+        ax.set_xlabel("COMMIT returned → file in the local replica (ms, log scale)")
+        ax.set_ylabel("share of commits")
+        ax.set_title(f"Commit-to-replica lag, {len(res['lag']['walstream'])} runs per tool, {args.commits} commits each")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        path = os.path.join(args.img, "lag.png")
+        fig.savefig(path)
+        log(f"wrote {path}")
+    if "restore" in res and args.img:
+        fig, ax = plt.subplots(figsize=(6, 3.2), dpi=90)
+        R = res["restore"]
+        names = list(TOOLS)
+        ax.bar(names, [med(R[t], "wall_s") for t in names], color=("tab:blue", "tab:orange"))
+        for i, t in enumerate(names):
+            ax.scatter([i] * len(R[t]), [r["wall_s"] for r in R[t]], color="black", s=10, zorder=3)
+            ax.annotate(f"{med(R[t], 'wall_s'):.2f} s, {med(R[t], 'peak_rss_mb'):.0f} MB RSS", (i, max(r["wall_s"] for r in R[t])),
+                        ha="center", va="bottom", xytext=(0, 4), textcoords="offset points")
+        ax.set_ylim(0, max(r["wall_s"] for t in names for r in R[t]) * 1.2)
+        ax.set_ylabel("wall time (s)")
+        ax.set_title(f"Restore latest of a {med(res['ingest']['walstream'], 'db_mb'):.0f} MB database (median, dots: runs)")
+        fig.tight_layout()
+        path = os.path.join(args.img, "restore.png")
+        fig.savefig(path)
+        log(f"wrote {path}")
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "watch":
+        watch_main(sys.argv[2], sys.argv[3])
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--walstream", required=True)
+    ap.add_argument("--litestream", required=True)
+    ap.add_argument("--only", default="lag,throughput,ingest,storage,many",
+                    help="comma-separated workloads (default: all)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per workload (default 2: A B A B)")
+    ap.add_argument("--commits", type=int, default=2000, help="measured commits per lag run")
+    ap.add_argument("--interval", type=float, default=0.005, help="seconds between lag commits")
+    ap.add_argument("--settle", type=float, default=3.0, help="seconds to wait after the last lag commit")
+    ap.add_argument("--synchronous", default="NORMAL")
+    ap.add_argument("--seconds", type=float, default=10, help="throughput run length")
+    ap.add_argument("--ingest-mb", type=int, default=200)
+    ap.add_argument("--quiet", type=float, default=5.0, help="seconds without a new file that end catch-up")
+    ap.add_argument("--restores", type=int, default=2, help="restores per ingest run")
+    ap.add_argument("--storage-minutes", type=float, default=2)
+    ap.add_argument("--storage-interval", type=float, default=0.01)
+    ap.add_argument("--many", default="1,10,100")
+    ap.add_argument("--many-seconds", type=float, default=20)
+    ap.add_argument("--litestream-interval", default="",
+                    help="Litestream monitor-interval and sync-interval (default: Litestream's own, 1s)")
+    ap.add_argument("--dir", default=None, help="parent of the work directory (default: system temp)")
+    ap.add_argument("--out", default=".tools/compare", help="where results.json goes")
+    ap.add_argument("--from-json", default="", help="only print tables and draw charts from this results.json")
+    ap.add_argument("--img", default="", help="directory for lag.png / restore.png (default: none)")
+    args = ap.parse_args()
+    args.only = set(args.only.split(","))
+    if args.from_json:  # tables and charts again from an earlier results.json
+        with open(args.from_json) as f:
+            res = json.load(f)
+        report(res, args, sys.stdout)
+        charts(res, args)
+        return
+    args.many = [int(x) for x in args.many.split(",")]
+    main_all(args)
+
+
+if __name__ == "__main__":
+    main()
