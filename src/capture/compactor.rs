@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 
 use tokio::runtime::Handle;
 
+use super::spool::Spool;
 use crate::catalog::segment_key;
 use crate::compaction::{write_merged, MAX_COMMITS};
 use crate::crypto::{seal_object, Key};
@@ -251,13 +252,13 @@ fn merge_and_store(ctx: &CompactorContext, log: &SegmentLog) -> Result<String, F
         f.seek(SeekFrom::Start(e.offset))?;
         inputs.push(BufReader::new(f.take(e.len)));
     }
-    let plain = Spool::create(&ctx.state_dir)?;
+    let plain = Spool::create(&ctx.state_dir, "compact")?;
     let (merged, w) = write_merged(&headers, inputs, BufWriter::new(&plain.file))?;
     w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     let upload = match &ctx.key {
         None => None,
         Some(k) => {
-            let sealed = Spool::create(&ctx.state_dir)?;
+            let sealed = Spool::create(&ctx.state_dir, "compact")?;
             let mut out = BufWriter::new(&sealed.file);
             seal_object(BufReader::new(File::open(&plain.path)?), &mut out, k)?;
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
@@ -284,29 +285,5 @@ fn merge_and_store(ctx: &CompactorContext, log: &SegmentLog) -> Result<String, F
         // name is an earlier attempt of this same merge whose answer was lost.
         Ok(()) | Err(StoreError::AlreadyExists { .. }) => Ok(key),
         Err(e) => Err(e.into()),
-    }
-}
-
-/// A temporary file in the state directory, removed when dropped.
-struct Spool {
-    path: PathBuf,
-    file: File,
-}
-
-impl Spool {
-    fn create(dir: &Path) -> std::io::Result<Spool> {
-        let path = dir.join(format!("compact-{:016x}.tmp", rand::random::<u64>()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        Ok(Spool { path, file })
-    }
-}
-
-impl Drop for Spool {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }

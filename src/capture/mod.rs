@@ -8,6 +8,7 @@ mod compactor;
 mod engine;
 mod lock;
 pub(crate) mod source;
+mod spool;
 mod state;
 
 use std::path::{Path, PathBuf};

@@ -1,11 +1,11 @@
 //! Snapshots: streaming one database state into a snapshot object, and
 //! pruning what no kept snapshot needs afterwards.
 
-use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use super::*;
+use crate::capture::spool::Spool;
 use crate::schedule::SnapshotSchedule;
 
 impl Engine {
@@ -53,7 +53,7 @@ impl Engine {
             (src.db_path.clone(), src.wal_path.clone(), src.db_file());
         let wal = WalFile::open(&wal_path)?;
         let reader = StateReader::new(&db_path, db_file, &wal, wal_header, overlay, page_size)?;
-        let spool = Spool::create(&state_dir(&db_path))?;
+        let spool = snapshot_spool(&state_dir(&db_path))?;
         let mut header = ObjectHeader {
             kind: ObjectKind::Snapshot,
             flags: 0,
@@ -98,7 +98,7 @@ impl Engine {
         }
         let sealed = match self.opts.encryption {
             Some(_) => {
-                let s = Spool::create(&state_dir(&db_path))?;
+                let s = snapshot_spool(&state_dir(&db_path))?;
                 self.seal_spool(&mut file, &spool.path, &s.file, &s.path)?;
                 Some(s)
             }
@@ -194,30 +194,10 @@ impl Engine {
     }
 }
 
-/// A temporary file in the state directory, removed when dropped.
-struct Spool {
-    path: PathBuf,
-    file: File,
-}
-
-impl Spool {
-    fn create(dir: &Path) -> Result<Spool, CaptureError> {
-        let path = dir.join(format!("snapshot-{:016x}.tmp", rand::random::<u64>()));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|source| CaptureError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        Ok(Spool { path, file })
-    }
-}
-
-impl Drop for Spool {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
+/// A snapshot spool file in the state directory.
+fn snapshot_spool(dir: &Path) -> Result<Spool, CaptureError> {
+    Spool::create(dir, "snapshot").map_err(|source| CaptureError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
