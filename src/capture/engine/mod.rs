@@ -432,18 +432,13 @@ impl Engine {
                 }
                 (h, p.frame, p.checksum)
             }
-            // A restart adds one to salt-1 (kept in the shared wal-index); so does
-            // every TRUNCATE checkpoint, even of an empty WAL, so two in a row
-            // add two. With the pin taken after everything was shipped, a second
-            // restart can only follow an empty generation: frames appended after
-            // the first cannot be checkpointed past the pin, and a WAL that is not
-            // fully checkpointed cannot restart. The checkpoint sequence is not
-            // checked: each connection counts its own.
-            (Pos::Known(p), Some(h))
-                if lin.reset_safe
-                    && (1..=MAX_UNSEEN_RESTARTS).contains(&h.salt1.wrapping_sub(p.salt1)) =>
-            {
-                lin.reset_safe = false;
+            // With the pin taken after everything was shipped and held since, no
+            // new WAL generation can have dropped a committed frame: frames
+            // appended after the pin cannot be checkpointed past it, and a WAL
+            // that is not fully checkpointed cannot restart. So a second restart
+            // can only follow an empty generation, and that stays true after
+            // this one (the pin is still held): `reset_safe` stays set.
+            (Pos::Known(p), Some(h)) if lin.reset_safe && is_new_generation(&p, &h) => {
                 lin.checkpoint_frame = 0;
                 lin.observed.clear();
                 lin.pos = Pos::Known(position(&h, 0, h.checksum));
@@ -703,6 +698,19 @@ impl Engine {
             _ => (0, 0),
         })
     }
+}
+
+/// Whether `h` is a header SQLite writes when it starts the WAL over after
+/// the generation of `p`. A restart adds one to salt-1 (kept in the shared
+/// wal-index); so does every TRUNCATE checkpoint, even of an empty WAL, so two
+/// in a row add two. But a connection that has not restarted the WAL itself
+/// (its own checkpoint count is 0) draws both salts at random whenever it
+/// writes the first frame, and writes checkpoint sequence 0: after another
+/// connection's TRUNCATE, or again after a rolled-back transaction that had
+/// spilled frames into the empty WAL. Other checkpoint sequences are not
+/// compared: each connection counts its own.
+fn is_new_generation(p: &WalPosition, h: &WalHeader) -> bool {
+    h.checkpoint_seq == 0 || (1..=MAX_UNSEEN_RESTARTS).contains(&h.salt1.wrapping_sub(p.salt1))
 }
 
 fn position(h: &WalHeader, frame: u32, checksum: (u32, u32)) -> WalPosition {
