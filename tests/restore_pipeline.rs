@@ -27,7 +27,13 @@ const COMMITS: usize = 36;
 /// and the database both grows and shrinks.
 fn commit(app: &mut App, j: usize) -> &'static str {
     match j % 9 {
-        0 | 4 => {
+        // Larger than what the restore fetches whole (512 KiB): read ahead
+        // in chunks, between segments fetched whole.
+        0 => {
+            app.commit_blobs("big", 3, 250_000);
+            "large blobs"
+        }
+        4 => {
             app.commit_blobs("big", 3, 9000);
             "blobs"
         }
@@ -57,6 +63,12 @@ fn build_history(env: &Env, replica: &str) -> Vec<Digest> {
         );
         states.push(app.digest());
     }
+    let list = list_json(replica);
+    let large = segments(&list)
+        .iter()
+        .filter(|s| s.size > 512 << 10)
+        .count();
+    assert!(large >= 3, "segments over 512 KiB: {large}\n{list:#}");
     states
 }
 

@@ -152,7 +152,7 @@ pub(super) fn execute(
     };
     let keys = std::iter::once(&plan.snapshot)
         .chain(&plan.segments)
-        .map(|o| o.key.clone())
+        .map(|o| (o.key.clone(), o.size))
         .collect();
     let mut objects = Prefetch::start(&rt, Arc::clone(store), keys);
     let mut done = 0u64;

@@ -2,7 +2,10 @@
 //!
 //! The objects of a plan are opened in plan order, up to [`OBJECTS_AHEAD`] at
 //! a time, and each is read into a small bounded queue of chunks by its own
-//! task, while the restore thread decodes and writes the one before. Request
+//! task, while the restore thread decodes and writes the one before. An object
+//! no larger than that queue is fetched whole with one request instead (one
+//! blocking file read for a local directory, rather than an open, a stat and
+//! reads each handed between threads). Request
 //! latency (an S3 GET of each small segment of a long history) overlaps with
 //! itself and with the writing; memory stays bounded whatever the object
 //! sizes: at most [`CHUNKS_AHEAD`] chunks of [`CHUNK`] bytes per open object.
@@ -25,6 +28,8 @@ pub(super) const OBJECTS_AHEAD: usize = 8;
 const CHUNK: usize = 256 << 10;
 /// Chunks read ahead per object.
 const CHUNKS_AHEAD: usize = 2;
+/// Objects up to this size are fetched whole.
+const SMALL: u64 = (CHUNK * CHUNKS_AHEAD) as u64;
 
 type Opened = Result<ObjectStream, StoreError>;
 
@@ -39,19 +44,25 @@ pub(super) struct Prefetch {
 }
 
 impl Prefetch {
-    /// Starts opening `keys` in order on `rt`. Call from outside the runtime.
-    pub(super) fn start(rt: &Handle, store: Arc<dyn ObjectStore>, keys: Vec<String>) -> Prefetch {
+    /// Starts opening `objects` (key and listed size) in order on `rt`. Call
+    /// from outside the runtime.
+    pub(super) fn start(
+        rt: &Handle,
+        store: Arc<dyn ObjectStore>,
+        objects: Vec<(String, u64)>,
+    ) -> Prefetch {
         // The channel holds one receiver per opened object: its capacity is
         // what bounds the objects in flight.
         let (tx, next) = mpsc::channel(OBJECTS_AHEAD);
         let name = store.describe();
-        let producer = rt.spawn(open_in_order(store, keys.clone(), tx));
+        let keys = objects.iter().map(|(k, _)| k.clone()).collect();
+        let producer = rt.spawn(open_in_order(store, objects, tx));
         Prefetch {
             rt: rt.clone(),
             next,
             producer,
             store: name,
-            keys: keys.into(),
+            keys,
         }
     }
 
@@ -79,17 +90,21 @@ impl Drop for Prefetch {
 
 async fn open_in_order(
     store: Arc<dyn ObjectStore>,
-    keys: Vec<String>,
+    objects: Vec<(String, u64)>,
     tx: mpsc::Sender<oneshot::Receiver<Opened>>,
 ) {
-    for key in keys {
+    for (key, size) in objects {
         let (done, opened) = oneshot::channel();
         if tx.send(opened).await.is_err() {
             return; // the restore stopped
         }
         let store = Arc::clone(&store);
         tokio::spawn(async move {
-            let result = store.get_reader(&key).await.map(ObjectStream::spawn);
+            let result = if size <= SMALL {
+                store.get(&key).await.map(ObjectStream::whole)
+            } else {
+                store.get_reader(&key).await.map(ObjectStream::spawn)
+            };
             // If the restore stopped meanwhile, dropping the stream stops its reader.
             let _ = done.send(result);
         });
@@ -99,9 +114,10 @@ async fn open_in_order(
 /// One object's bytes, read ahead by a task; a blocking [`Read`].
 pub(super) struct ObjectStream {
     rt: Handle,
-    chunks: mpsc::Receiver<io::Result<Bytes>>,
+    /// The chunks still to come (none for an object fetched whole).
+    chunks: Option<mpsc::Receiver<io::Result<Bytes>>>,
     current: Bytes,
-    reader: JoinHandle<()>,
+    reader: Option<JoinHandle<()>>,
 }
 
 impl ObjectStream {
@@ -110,16 +126,28 @@ impl ObjectStream {
         let (tx, chunks) = mpsc::channel(CHUNKS_AHEAD);
         ObjectStream {
             rt: Handle::current(),
-            chunks,
+            chunks: Some(chunks),
             current: Bytes::new(),
-            reader: tokio::spawn(read_ahead(reader, tx)),
+            reader: Some(tokio::spawn(read_ahead(reader, tx))),
+        }
+    }
+
+    /// An object already fetched whole; must run inside the runtime.
+    fn whole(bytes: Bytes) -> ObjectStream {
+        ObjectStream {
+            rt: Handle::current(),
+            chunks: None,
+            current: bytes,
+            reader: None,
         }
     }
 }
 
 impl Drop for ObjectStream {
     fn drop(&mut self) {
-        self.reader.abort();
+        if let Some(reader) = &self.reader {
+            reader.abort();
+        }
     }
 }
 
@@ -155,7 +183,10 @@ async fn read_ahead(mut reader: ObjectReader, tx: mpsc::Sender<io::Result<Bytes>
 impl Read for ObjectStream {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.current.is_empty() {
-            match self.rt.block_on(self.chunks.recv()) {
+            let Some(chunks) = &mut self.chunks else {
+                return Ok(0);
+            };
+            match self.rt.block_on(chunks.recv()) {
                 Some(chunk) => self.current = chunk?,
                 // The end of the object. (A reader task that died early also
                 // ends here; the object's own structure and CRC catch that.)
