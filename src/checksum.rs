@@ -81,7 +81,12 @@ impl PageHashes {
     /// Like [`PageHashes::set_page`] with the page's hash already computed.
     pub fn set_hash(&mut self, pgno: u32, hash: u64) {
         if pgno > self.pages() {
-            self.resize(pgno);
+            // Zero pages up to the one before; the new page itself is never
+            // zero-hashed only to be replaced (appending is the common case).
+            self.resize(pgno - 1);
+            self.hashes.push(hash);
+            self.checksum ^= self.contribution(pgno, hash);
+            return;
         }
         let idx = (pgno - 1) as usize;
         self.log_change(idx);

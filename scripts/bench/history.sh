@@ -5,6 +5,9 @@
 #
 #   scripts/bench/history.sh                 # 20000 commits, local directory
 #   scripts/bench/history.sh 5000 s3         # 5000 commits, S3 (starts SeaweedFS)
+#   WALSTREAM_BASELINE=/path/to/old/walstream scripts/bench/history.sh
+#                                            # also restore with another build,
+#                                            # alternating with this one
 #
 # Each commit is paced so it ships as its own segment (upload_interval = 0),
 # the way a seldom-writing application's history looks. Prints a markdown
@@ -51,8 +54,21 @@ PY
 
 shipped() { "$bin" status --json "$1" "$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_shipped_txid"])'; }
 
-echo "| compaction | segments | restore latest (median of 3) | peak RSS |"
-echo "|---|---|---|---|"
+baseline="${WALSTREAM_BASELINE:-}"
+if [[ -n "$baseline" ]]; then
+    echo "| compaction | segments | restore latest (median of 3) | peak RSS | baseline restore | baseline peak RSS |"
+    echo "|---|---|---|---|---|---|"
+else
+    echo "| compaction | segments | restore latest (median of 3) | peak RSS |"
+    echo "|---|---|---|---|"
+fi
+
+time_restore() { # time_restore BIN DIR REPLICA -> "seconds KB"
+    rm -f "$2/out.db"
+    { /usr/bin/time -f "%e %M" "$1" restore -o "$2/out.db" "$3" 2>&1 >/dev/null; } | tail -1
+}
+median() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+row() { local m; m="$(median "$@")"; echo "${m% *} s | $(( ${m#* } / 1024 )) MB"; }
 for mode in off on; do
     dir="$work/$mode"
     mkdir -p "$dir"
@@ -78,11 +94,12 @@ EOF
     kill -TERM "$pid"
     wait "$pid" || true
     segments="$("$bin" list --json "$replica" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["segments"]))')"
-    runs=()
+    runs=() base=()
     for _ in 1 2 3; do
-        rm -f "$dir/out.db"
-        runs+=("$( { /usr/bin/time -f "%e %M" "$bin" restore -o "$dir/out.db" "$replica" 2>&1 >/dev/null; } | tail -1)")
+        runs+=("$(time_restore "$bin" "$dir" "$replica")")
+        if [[ -n "$baseline" ]]; then base+=("$(time_restore "$baseline" "$dir" "$replica")"); fi
     done
-    median="$(printf '%s\n' "${runs[@]}" | sort -n | sed -n 2p)"
-    echo "| $mode | $segments | ${median% *} s | $(( ${median#* } / 1024 )) MB |"
+    line="| $mode | $segments | $(row "${runs[@]}") |"
+    if [[ -n "$baseline" ]]; then line="$line $(row "${base[@]}") |"; fi
+    echo "$line (load average $(cut -d' ' -f1-3 /proc/loadavg))"
 done

@@ -1,18 +1,16 @@
 //! Executing a restore plan into a temporary file beside the output.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::runtime::Handle;
-use tokio_util::io::SyncIoBridge;
 
+use super::fetch::{ObjectStream, Prefetch};
+use super::pagefile::{PageFile, CACHE_BYTES};
 use super::plan::RestorePlan;
 use super::RestoreOptions;
 use crate::catalog::{check_name, ObjectInfo};
-use crate::checksum::PageHashes;
 use crate::crypto::Keyring;
 use crate::error::RestoreError;
 use crate::format::{BodyReader, CommitRecord, FormatError, ObjectHeader, ObjectKind};
@@ -152,37 +150,44 @@ pub(super) fn execute(
             p(done, total)
         }
     };
+    let keys = std::iter::once(&plan.snapshot)
+        .chain(&plan.segments)
+        .map(|o| (o.key.clone(), o.size))
+        .collect();
+    let mut objects = Prefetch::start(&rt, Arc::clone(store), keys);
     let mut done = 0u64;
-    let (snap_header, pages) =
-        write_snapshot(&rt, store, &plan.snapshot, &file, &tmp.path, &opts.keys)?;
+    let (snap_header, pages) = write_snapshot(
+        next_object(&mut objects, &plan.snapshot)?,
+        &plan.snapshot,
+        file,
+        &tmp.path,
+        &opts.keys,
+    )?;
     done += plan.snapshot.size;
     progress(done);
     let page_size = snap_header.page_size;
     let mut applied = Applied {
-        file: &file,
+        pages,
         path: &tmp.path,
         page_size,
         target: plan.target_txid,
-        pages,
         last: snap_header.commits[0],
     };
     for seg in &plan.segments {
-        apply_segment(&rt, store, seg, plan, &mut applied, &opts.keys)?;
+        let stream = next_object(&mut objects, seg)?;
+        apply_segment(stream, seg, plan, &mut applied, &opts.keys)?;
         done += seg.size;
         progress(done);
     }
-    let last = applied.last;
+    drop(objects);
+    let Applied { pages, last, .. } = applied;
     if last.txid != plan.target_txid {
         return Err(Failure::Fatal(RestoreError::NoChain {
             target: format!("txid {}", plan.target_txid),
             reason: format!("the planned objects end at txid {}", last.txid),
         }));
     }
-    file.set_len(u64::from(last.db_pages) * u64::from(page_size))
-        .map_err(io(&tmp.path))?;
-    file.sync_all().map_err(io(&tmp.path))?;
-    drop(file);
-    let checksum = file_checksum(&tmp.path, page_size, last.db_pages).map_err(io(&tmp.path))?;
+    let (file, checksum) = pages.finish(last.db_pages).map_err(io(&tmp.path))?;
     if let Some(expected) = last.checksum {
         if expected != checksum {
             return Err(Failure::Fatal(RestoreError::ChecksumMismatch {
@@ -192,7 +197,7 @@ pub(super) fn execute(
             }));
         }
     }
-    integrity_check(&tmp.path, opts.integrity_check)?;
+    sync_and_check(file, &tmp.path, opts.integrity_check)?;
     publish(&tmp.path, out, opts.force)?;
     tmp.published = true;
     Ok(RestoreReport {
@@ -209,29 +214,52 @@ pub(super) fn execute(
     })
 }
 
-/// Streams the snapshot into `file`; returns its header and the page count.
+/// The next planned object, `info`, opened: a missing one is damage (another
+/// plan may avoid it, or it was pruned meanwhile), any other failure is fatal.
+fn next_object(objects: &mut Prefetch, info: &ObjectInfo) -> Result<ObjectStream, Failure> {
+    let opened = objects.next_object().ok_or_else(|| {
+        Failure::Fatal(RestoreError::Io {
+            path: PathBuf::from(&info.key),
+            source: std::io::Error::other("the planned objects ended early"),
+        })
+    })?;
+    opened.map_err(|e| match e {
+        e if e.is_not_found() => Failure::Damaged {
+            key: info.key.clone(),
+            error: e.into(),
+        },
+        e => Failure::Fatal(e.into()),
+    })
+}
+
+/// fsyncs the finished file while SQLite checks it: the check reads what the
+/// page cache holds, the fsync waits for the disk, and neither changes a byte.
+fn sync_and_check(file: File, path: &Path, check: IntegrityCheck) -> Result<(), RestoreError> {
+    let io = |source| RestoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::thread::scope(|s| {
+        let sync = s.spawn(move || file.sync_all());
+        let checked = integrity_check(path, check);
+        let synced = sync
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("fsync thread panicked")));
+        synced.map_err(io)?;
+        checked
+    })
+}
+
+/// Streams the snapshot into `file`; returns its header and the output with
+/// the snapshot's pages, proven against the snapshot's recorded checksum.
 fn write_snapshot(
-    rt: &Handle,
-    store: &Arc<dyn ObjectStore>,
+    mut stream: ObjectStream,
     info: &ObjectInfo,
-    file: &File,
+    file: File,
     path: &Path,
     keys: &Keyring,
-) -> Result<(ObjectHeader, u32), Failure> {
-    let reader = rt
-        .block_on(store.get_reader(&info.key))
-        .map_err(|e| match e {
-            e if e.is_not_found() => Failure::Damaged {
-                key: info.key.clone(),
-                error: e.into(),
-            },
-            e => Failure::Fatal(e.into()),
-        })?;
-    let mut sync = std::io::BufReader::with_capacity(
-        1 << 20,
-        SyncIoBridge::new_with_handle(reader, rt.clone()),
-    );
-    let header = ObjectHeader::decode(&mut sync).map_err(|e| damaged(&info.key, e))?;
+) -> Result<(ObjectHeader, PageFile), Failure> {
+    let header = ObjectHeader::decode(&mut stream).map_err(|e| damaged(&info.key, e))?;
     check_name(info, &header).map_err(|e| Failure::Damaged {
         key: info.key.clone(),
         error: RestoreError::Mismatch {
@@ -247,42 +275,45 @@ fn write_snapshot(
     }
     let commit = header.commits[0];
     let mut body =
-        BodyReader::new(sync, header.clone(), keys).map_err(|e| damaged(&info.key, e))?;
-    let mut hashes = PageHashes::new(header.page_size);
-    let mut page = vec![0u8; header.page_size as usize];
-    let mut out = BufWriter::with_capacity(1 << 20, file);
+        BodyReader::new(stream, header.clone(), keys).map_err(|e| damaged(&info.key, e))?;
+    let mut out = PageFile::new(file, header.page_size, CACHE_BYTES);
     let io = |source| {
         Failure::Fatal(RestoreError::Io {
             path: path.to_path_buf(),
             source,
         })
     };
-    while let Some(r) = body
-        .next_page(&mut page)
-        .map_err(|e| damaged(&info.key, e))?
-    {
-        hashes.set_page(r.pgno, &page);
-        out.write_all(&page).map_err(io)?;
+    loop {
+        let mut page = out.buffer();
+        match body
+            .next_page(&mut page)
+            .map_err(|e| damaged(&info.key, e))?
+        {
+            Some(r) => out.put(r.pgno, page).map_err(io)?,
+            None => {
+                out.recycle(page);
+                break;
+            }
+        }
     }
     body.finish().map_err(|e| damaged(&info.key, e))?;
     out.flush().map_err(io)?;
-    if hashes.pages() != commit.db_pages || commit.checksum != Some(hashes.checksum()) {
+    let (checksum, pages) = out.state();
+    if pages != commit.db_pages || commit.checksum != Some(checksum) {
         return Err(damaged(
             &info.key,
             FormatError::Malformed("snapshot pages do not match its recorded checksum".into()),
         ));
     }
-    Ok((header, commit.db_pages))
+    Ok((header, out))
 }
 
 /// Where the output stands while segments are applied.
 struct Applied<'a> {
-    file: &'a File,
+    pages: PageFile,
     path: &'a Path,
     page_size: u32,
     target: u64,
-    /// Pages in the output now.
-    pages: u32,
     /// The last commit applied.
     last: CommitRecord,
 }
@@ -311,46 +342,32 @@ impl Applied<'_> {
         Ok(true)
     }
 
-    /// Ends commit `c` once all its pages are written.
+    /// Ends commit `c` once all its pages are written: the database is
+    /// `c.db_pages` long from here (growth shows when pages are written or
+    /// at the end; shrinking drops later pages now).
     fn finish_commit(&mut self, key: &str, c: &CommitRecord) -> Result<(), Failure> {
         if !self.wanted(key, c)? {
             return Ok(());
         }
-        if c.db_pages < self.pages {
-            self.file
-                .set_len(u64::from(c.db_pages) * u64::from(self.page_size))
-                .map_err(|e| self.io(e))?;
-        }
-        self.pages = c.db_pages;
+        self.pages.truncate(c.db_pages).map_err(|e| self.io(e))?;
         self.last = *c;
         Ok(())
     }
 }
 
-/// Streams one segment into the output: pages are written as they are
-/// decoded, so memory stays one page whatever the segment's size. A segment
-/// found damaged part-way fails the whole attempt, whose output is discarded.
+/// Streams one segment into the output: each page is decoded into a buffer
+/// of the output's bounded cache, so memory does not grow with the segment's
+/// size. A segment found damaged part-way fails the whole attempt, whose
+/// output is discarded.
 fn apply_segment(
-    rt: &Handle,
-    store: &Arc<dyn ObjectStore>,
+    mut stream: ObjectStream,
     info: &ObjectInfo,
     plan: &RestorePlan,
     out: &mut Applied<'_>,
     keys: &Keyring,
 ) -> Result<(), Failure> {
     let key = info.key.as_str();
-    let reader = rt.block_on(store.get_reader(key)).map_err(|e| match e {
-        e if e.is_not_found() => Failure::Damaged {
-            key: key.to_string(),
-            error: e.into(),
-        },
-        e => Failure::Fatal(e.into()),
-    })?;
-    let mut sync = std::io::BufReader::with_capacity(
-        1 << 20,
-        SyncIoBridge::new_with_handle(reader, rt.clone()),
-    );
-    let header = ObjectHeader::decode(&mut sync).map_err(|e| damaged(key, e))?;
+    let header = ObjectHeader::decode(&mut stream).map_err(|e| damaged(key, e))?;
     check_name(info, &header).map_err(|e| damaged(key, FormatError::Malformed(e.to_string())))?;
     if header.page_size != out.page_size || header.lineage != plan.lineage {
         return Err(damaged(
@@ -359,25 +376,29 @@ fn apply_segment(
         ));
     }
     let commits = header.commits.clone();
-    let mut body = BodyReader::new(sync, header, keys).map_err(|e| damaged(key, e))?;
-    let mut page = vec![0u8; out.page_size as usize];
+    let mut body = BodyReader::new(stream, header, keys).map_err(|e| damaged(key, e))?;
     let mut ended = 0;
     let mut stopped_early = false;
-    while let Some(r) = body.next_page(&mut page).map_err(|e| damaged(key, e))? {
+    loop {
+        let mut page = out.pages.buffer();
+        let Some(r) = body.next_page(&mut page).map_err(|e| damaged(key, e))? else {
+            out.pages.recycle(page);
+            break;
+        };
         while ended < r.commit {
             out.finish_commit(key, &commits[ended])?;
             ended += 1;
         }
         let c = &commits[r.commit];
         if c.txid > out.target {
+            out.pages.recycle(page);
             stopped_early = true;
             break;
         }
         if out.wanted(key, c)? {
-            let offset = u64::from(r.pgno - 1) * u64::from(out.page_size);
-            out.file
-                .write_all_at(&page, offset)
-                .map_err(|e| out.io(e))?;
+            out.pages.put(r.pgno, page).map_err(|e| out.io(e))?;
+        } else {
+            out.pages.recycle(page);
         }
     }
     for c in &commits[ended..] {
@@ -388,6 +409,7 @@ fn apply_segment(
     // result instead. Without one, or when everything was read anyway, the
     // trailer is checked.
     if !stopped_early || out.last.checksum.is_none() {
+        let mut page = vec![0u8; out.page_size as usize];
         while body
             .next_page(&mut page)
             .map_err(|e| damaged(key, e))?
@@ -396,19 +418,6 @@ fn apply_segment(
         body.finish().map_err(|e| damaged(key, e))?;
     }
     Ok(())
-}
-
-/// Whole-database checksum of a database file of `pages` pages.
-pub(crate) fn file_checksum(path: &Path, page_size: u32, pages: u32) -> std::io::Result<u64> {
-    let mut f = std::io::BufReader::with_capacity(1 << 20, File::open(path)?);
-    f.seek(SeekFrom::Start(0))?;
-    let mut hashes = PageHashes::new(page_size);
-    let mut page = vec![0u8; page_size as usize];
-    for pgno in 1..=pages {
-        f.read_exact(&mut page)?;
-        hashes.set_page(pgno, &page);
-    }
-    Ok(hashes.checksum())
 }
 
 fn integrity_check(path: &Path, check: IntegrityCheck) -> Result<(), RestoreError> {

@@ -2,6 +2,8 @@
 //! the output only after its checksum and SQLite's own check pass.
 
 mod execute;
+mod fetch;
+mod pagefile;
 pub mod plan;
 
 use std::collections::HashSet;

@@ -1446,6 +1446,18 @@ pub struct S3Env {
     pub bucket: String,
 }
 
+impl S3Env {
+    /// A replica URL under a fresh random prefix below `name`.
+    pub fn fresh_replica(&self, name: &str) -> String {
+        format!(
+            "s3://{}/{name}/{:016x}?endpoint={}&force-path-style=true",
+            self.bucket,
+            rand::random::<u64>(),
+            self.endpoint
+        )
+    }
+}
+
 /// The test server from the environment; `None` (skip) outside CI when there is none.
 pub fn s3_env() -> Option<S3Env> {
     let endpoint = std::env::var("WALSTREAM_TEST_S3_ENDPOINT").unwrap_or_default();
