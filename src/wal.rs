@@ -279,7 +279,8 @@ impl WalFile {
 
 /// Consecutive frames read a chunk at a time. Chunks start at a few frames
 /// (a look after one small commit reads little of a reused, longer file) and
-/// double up to 1 MiB, so a long run costs one system call per MiB.
+/// double up to 256 KiB, so a long run costs one system call per 64 pages of
+/// 4 KiB.
 struct FrameChunks {
     buf: Vec<u8>,
     frame_size: usize,
@@ -289,7 +290,7 @@ struct FrameChunks {
 }
 
 impl FrameChunks {
-    const MAX_BYTES: usize = 1 << 20;
+    const MAX_BYTES: usize = 256 << 10;
     const FIRST_FRAMES: usize = 4;
 
     fn new(frame_size: usize) -> FrameChunks {

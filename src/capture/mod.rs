@@ -53,7 +53,7 @@ pub struct CaptureOptions {
     /// txid and observed time). `None`: the store's default (0 for a local
     /// directory, 1 s for S3). Checkpoints and shutdown ship at once.
     pub upload_interval: Option<Duration>,
-    /// Most page records in one segment, and never more than 4 MiB of pages (a
+    /// Most page records in one segment, and never more than 2 MiB of pages (a
     /// single larger transaction still makes one segment, spooled to a file).
     pub segment_pages: usize,
     /// Merge every this many shipped segments into one (see

@@ -19,7 +19,7 @@ use crate::wal::{WalCommit, WalFile, WalHeader};
 
 /// Most page bytes a segment of several commits holds: batches are split
 /// before they grow larger, and a single commit larger than this is spooled.
-pub(super) const SEGMENT_BYTES: usize = 4 << 20;
+pub(super) const SEGMENT_BYTES: usize = 2 << 20;
 
 /// Segments this large (stored bytes) are not worth merging: merging them
 /// would save one object per MiB at the cost of writing every byte twice more.
