@@ -22,35 +22,62 @@ const MAX_HOLD: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Default)]
 pub(crate) struct WakeGate {
-    /// A wake-up was sent and the engine has not taken it yet.
-    pending: Mutex<bool>,
+    /// A wake-up was sent and the engine has not taken it yet, and whether
+    /// the engine has stopped.
+    state: Mutex<GateState>,
     taken: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    pending: bool,
+    closed: bool,
 }
 
 impl WakeGate {
     /// Watcher side: sends a wake-up unless one is already waiting, then holds
     /// the calling thread until the engine took it (or `MAX_HOLD` passed).
     pub(crate) fn wake(&self, tx: &SyncSender<Command>) {
-        let Ok(mut pending) = self.pending.lock() else {
+        let Ok(mut state) = self.state.lock() else {
             let _ = tx.try_send(Command::Wake);
             return;
         };
+        if state.closed {
+            return;
+        }
         // A full queue already holds a wake-up; nothing to wait for then.
-        if !*pending && tx.try_send(Command::Wake).is_ok() {
-            *pending = true;
+        if !state.pending && tx.try_send(Command::Wake).is_ok() {
+            state.pending = true;
         }
         let _ = self
             .taken
-            .wait_timeout_while(pending, MAX_HOLD, |pending| *pending);
+            .wait_timeout_while(state, MAX_HOLD, |s| s.pending && !s.closed);
     }
 
     /// Engine side: called before each look at the WAL that a wake-up asked
     /// for, so events from then on send a new one.
     pub(crate) fn taken(&self) {
-        if let Ok(mut pending) = self.pending.lock() {
-            *pending = false;
+        if let Ok(mut state) = self.state.lock() {
+            state.pending = false;
         }
         self.taken.notify_all();
+    }
+
+    /// Engine side, when it stops: the watcher is never held again.
+    pub(crate) fn close(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.closed = true;
+        }
+        self.taken.notify_all();
+    }
+}
+
+/// Closes the gate when the engine's loop ends, however it ends.
+pub(crate) struct CloseOnDrop(pub std::sync::Arc<WakeGate>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -69,15 +96,17 @@ mod tests {
         std::thread::spawn(move || (0..n).for_each(|_| g.wake(&t)))
     }
 
+    fn expect_wake(rx: &std::sync::mpsc::Receiver<Command>) {
+        let got = rx.recv_timeout(Duration::from_secs(5));
+        assert!(matches!(got, Ok(Command::Wake)), "no wake-up arrived");
+    }
+
     #[test]
     fn one_wake_up_outstanding_and_released_when_taken() {
         let gate = Arc::new(WakeGate::default());
         let (tx, rx) = sync_channel(8);
         let watcher = wake_in_thread(&gate, &tx, 1);
-        assert!(matches!(
-            rx.recv_timeout(Duration::from_secs(5)),
-            Ok(Command::Wake)
-        ));
+        expect_wake(&rx);
         std::thread::sleep(Duration::from_millis(20));
         assert!(!watcher.is_finished(), "the watcher is held");
         // Another event meanwhile (a second watcher call) sends nothing more.
@@ -89,11 +118,23 @@ mod tests {
         second.join().unwrap();
         // An event after the wake-up was taken sends a new one.
         let third = wake_in_thread(&gate, &tx, 1);
-        assert!(matches!(
-            rx.recv_timeout(Duration::from_secs(5)),
-            Ok(Command::Wake)
-        ));
+        expect_wake(&rx);
         gate.taken();
         third.join().unwrap();
+    }
+
+    #[test]
+    fn a_closed_gate_holds_nothing() {
+        let gate = Arc::new(WakeGate::default());
+        let (tx, rx) = sync_channel(8);
+        let watcher = wake_in_thread(&gate, &tx, 1);
+        expect_wake(&rx);
+        gate.taken();
+        watcher.join().unwrap();
+        drop(CloseOnDrop(Arc::clone(&gate)));
+        // Events after the engine stopped send nothing (an open gate would
+        // send one now that the last was taken).
+        wake_in_thread(&gate, &tx, 3).join().unwrap();
+        assert!(rx.try_recv().is_err());
     }
 }

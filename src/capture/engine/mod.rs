@@ -167,6 +167,7 @@ pub(crate) fn run(
         shipped,
         gate,
     } = links;
+    let _close = super::wake::CloseOnDrop(Arc::clone(&gate));
     let mut eng = Engine::new(db_path, store, opts, rt);
     eng.gate = Some(gate);
     // Waiters (`Replication::wait_for_txid`) see each txid once it is durable.
