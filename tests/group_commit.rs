@@ -68,10 +68,10 @@ fn a_burst_shares_segments_and_every_txid_restores() {
     }
 }
 
-/// One transaction of `blob_mib` MiB between small ones, replicated with the
-/// given environment; returns the replicator's peak RSS (MiB).
-fn large_transaction(env: &Env, blob_mib: usize, vars: &[(&str, &str)]) -> u64 {
-    let replica = env.replica_arg();
+/// One transaction of `blob_mib` MiB between small ones, replicated to
+/// `replica` with the given environment; returns the replicator's peak RSS (MiB).
+fn large_transaction(env: &Env, replica: &str, blob_mib: usize, vars: &[(&str, &str)]) -> u64 {
+    let replica = replica.to_string();
     let mut app = App::create(&env.db);
     let mut rep = Replicator::spawn_env(&env.db, &replica, &env.path("replicate.log"), vars);
     rep.wait_shipped(1);
@@ -112,7 +112,7 @@ fn large_transaction(env: &Env, blob_mib: usize, vars: &[(&str, &str)]) -> u64 {
 fn a_transaction_larger_than_the_memory_limit_is_spooled_and_restores() {
     const BLOB_MIB: usize = 48;
     let env = Env::new();
-    let peak = large_transaction(&env, BLOB_MIB, &[]);
+    let peak = large_transaction(&env, &env.replica_arg(), BLOB_MIB, &[]);
     // Built in memory, the segment alone would take the blob's size (random
     // bytes do not compress).
     assert!(
@@ -125,7 +125,7 @@ fn a_transaction_larger_than_the_memory_limit_is_spooled_and_restores() {
 fn a_spooled_transaction_is_sealed_when_encrypted() {
     let key = walstream(["keygen"]).stdout.trim().to_string();
     let env = Env::new();
-    large_transaction(&env, 12, &[(KEY_ENV, &key)]);
+    large_transaction(&env, &env.replica_arg(), 12, &[(KEY_ENV, &key)]);
     let objects = replica_objects(&env.replica_arg());
     let (_, seg) = objects
         .iter()
@@ -136,4 +136,18 @@ fn a_spooled_transaction_is_sealed_when_encrypted() {
         header.is_encrypted(),
         "the spooled segment went out in the clear"
     );
+}
+
+#[test]
+fn s3_a_spooled_transaction_ships_in_parts_and_restores() {
+    let Some(s3) = s3_env() else { return };
+    let env = Env::new();
+    // Larger than one 8 MiB part of a multipart upload.
+    let replica = format!(
+        "s3://{}/group-commit/spooled-{:016x}?endpoint={}&force-path-style=true",
+        s3.bucket,
+        rand::random::<u64>(),
+        s3.endpoint
+    );
+    large_transaction(&env, &replica, 20, &[]);
 }
