@@ -115,9 +115,15 @@ impl ObjectHeader {
         self.commits.last()
     }
 
+    /// Length of the serialized header of an object with `commits` commit
+    /// records (its trailing CRC32 included).
+    pub fn encoded_len(commits: usize) -> usize {
+        FIXED_HEADER + COMMIT_RECORD * commits + 4
+    }
+
     /// Serialized header, including its trailing CRC32.
     pub fn encode(&self) -> Vec<u8> {
-        let len = FIXED_HEADER + COMMIT_RECORD * self.commits.len() + 4;
+        let len = Self::encoded_len(self.commits.len());
         let mut b = Vec::with_capacity(len);
         b.extend_from_slice(match self.kind {
             ObjectKind::Segment => &SEGMENT_MAGIC,

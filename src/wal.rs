@@ -237,13 +237,10 @@ impl WalFile {
         let mut pending: Vec<(u32, u32)> = Vec::new();
         let mut checksum = seed;
         let frame_size = header.frame_size() as usize;
-        let mut buf = vec![0u8; frame_size];
+        let mut frames = FrameChunks::new(frame_size);
         let mut index = start;
-        loop {
-            if self.read_at(&mut buf, header.frame_offset(index))? < frame_size {
-                break;
-            }
-            let Some((pgno, commit_size, next)) = check_frame(header, &buf, checksum) else {
+        while let Some(frame) = frames.frame(self, header, index)? {
+            let Some((pgno, commit_size, next)) = check_frame(header, frame, checksum) else {
                 break;
             };
             checksum = next;
@@ -277,6 +274,56 @@ impl WalFile {
             return Ok(None);
         }
         Ok(Some((be32(&fh[16..]), be32(&fh[20..]))))
+    }
+}
+
+/// Consecutive frames read a chunk at a time. Chunks start at a few frames
+/// (a look after one small commit reads little of a reused, longer file) and
+/// double up to 256 KiB, so a long run costs one system call per 64 pages of
+/// 4 KiB.
+struct FrameChunks {
+    buf: Vec<u8>,
+    frame_size: usize,
+    /// Index of the frame at the start of `buf`, and how many whole frames it holds.
+    first: u32,
+    count: u32,
+}
+
+impl FrameChunks {
+    const MAX_BYTES: usize = 256 << 10;
+    const FIRST_FRAMES: usize = 4;
+
+    fn new(frame_size: usize) -> FrameChunks {
+        FrameChunks {
+            buf: vec![0; Self::FIRST_FRAMES * frame_size],
+            frame_size,
+            first: 0,
+            count: 0,
+        }
+    }
+
+    /// Frame `index` (read with the ones after it when not in the chunk), or
+    /// `None` when the file ends before it does.
+    fn frame(
+        &mut self,
+        wal: &WalFile,
+        header: &WalHeader,
+        index: u32,
+    ) -> Result<Option<&[u8]>, WalError> {
+        if !(self.first..self.first + self.count).contains(&index) {
+            if self.count > 0 && self.buf.len() < Self::MAX_BYTES {
+                let frames = (self.buf.len() * 2).min(Self::MAX_BYTES) / self.frame_size;
+                self.buf.resize(frames.max(1) * self.frame_size, 0);
+            }
+            let n = wal.read_at(&mut self.buf, header.frame_offset(index))?;
+            self.first = index;
+            self.count = (n / self.frame_size) as u32;
+            if self.count == 0 {
+                return Ok(None);
+            }
+        }
+        let at = (index - self.first) as usize * self.frame_size;
+        Ok(Some(&self.buf[at..at + self.frame_size]))
     }
 }
 

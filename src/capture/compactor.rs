@@ -171,6 +171,17 @@ impl Compactor {
         }
     }
 
+    /// Notes a shipped segment too large to be worth merging. It ends the run
+    /// of logged segments, which is merged now if it holds two or more.
+    pub(crate) fn skipped(&mut self) {
+        if self.log.as_ref().is_some_and(|l| l.entries.len() >= 2) {
+            self.hand_over();
+        }
+        // Still here (a single segment, or the thread is busy): the next
+        // segment would not continue it.
+        self.log = None;
+    }
+
     fn hand_over(&mut self) {
         if self.busy.swap(true, Ordering::SeqCst) {
             return;

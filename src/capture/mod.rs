@@ -10,6 +10,7 @@ mod lock;
 pub(crate) mod source;
 mod spool;
 mod state;
+mod wake;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -52,8 +53,8 @@ pub struct CaptureOptions {
     /// txid and observed time). `None`: the store's default (0 for a local
     /// directory, 1 s for S3). Checkpoints and shutdown ship at once.
     pub upload_interval: Option<Duration>,
-    /// Most page records in one segment (a single larger transaction still makes
-    /// one segment).
+    /// Most page records in one segment, and never more than 2 MiB of pages (a
+    /// single larger transaction still makes one segment, spooled to a file).
     pub segment_pages: usize,
     /// Merge every this many shipped segments into one (see
     /// [`crate::compaction`]); below 2, no compaction.
@@ -119,7 +120,8 @@ impl Replication {
         let lock = ReplicationLock::acquire(&db_path)?;
         // Bounded: file events are coalesced (a full queue already holds a wake-up).
         let (tx, rx) = mpsc::sync_channel(COMMAND_QUEUE);
-        let watcher = watch(&db_path, tx.clone());
+        let gate = Arc::new(wake::WakeGate::default());
+        let watcher = watch(&db_path, tx.clone(), Arc::clone(&gate));
         let poll = if watcher.is_some() {
             opts.poll_interval
         } else {
@@ -133,6 +135,7 @@ impl Replication {
             rx,
             ready: ready_tx,
             shipped: shipped_tx,
+            gate,
         };
         let thread = std::thread::Builder::new()
             .name("walstream-capture".into())
@@ -287,7 +290,11 @@ fn absolute(path: &Path) -> Result<PathBuf, CaptureError> {
 
 /// File events on the database's directory wake the engine within milliseconds
 /// of a commit. `None` when the platform offers no watcher (polling then).
-fn watch(db_path: &Path, tx: mpsc::SyncSender<Command>) -> Option<notify::RecommendedWatcher> {
+fn watch(
+    db_path: &Path,
+    tx: mpsc::SyncSender<Command>,
+    gate: Arc<wake::WakeGate>,
+) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let dir = db_path.parent()?.to_path_buf();
     let wal = wal_path(db_path);
@@ -300,7 +307,7 @@ fn watch(db_path: &Path, tx: mpsc::SyncSender<Command>) -> Option<notify::Recomm
                 return;
             }
             if ev.paths.iter().any(|p| p == &wal || p == &db) {
-                let _ = tx.try_send(Command::Wake);
+                gate.wake(&tx);
             }
         }
     })

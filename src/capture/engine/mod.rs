@@ -3,6 +3,7 @@
 
 mod encrypt;
 mod lease;
+mod segment;
 mod snapshot;
 mod start;
 
@@ -22,10 +23,11 @@ use super::{state_dir, CaptureOptions, Command};
 use crate::catalog::{fetch_header, segment_key, snapshot_key, Catalog};
 use crate::checksum::PageHashes;
 use crate::error::CaptureError;
-use crate::format::{BodyWriter, CommitRecord, ObjectHeader, ObjectKind, WalPosition};
+use crate::format::{ObjectHeader, WalPosition};
 use crate::retention;
 use crate::store::{ObjectStore, PutMode, StoreError};
 use crate::wal::{WalCommit, WalFile, WalHeader};
+use segment::SegmentBody;
 
 /// What the engine reports about itself.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -78,7 +80,8 @@ struct Lineage {
     /// state at this frame, and their own checksums are unknown.
     unknown_until: Option<u32>,
     last_time_ms: i64,
-    /// When each commit read but not shipped yet was observed: (end frame, ms).
+    /// When each commit read but not shipped yet was observed: (end frame, ms),
+    /// in frame order (the WAL is read forwards).
     observed: Vec<(u32, i64)>,
     /// Frame position at the last checkpoint (same generation as `pos`).
     checkpoint_frame: u32,
@@ -89,8 +92,13 @@ impl Lineage {
     /// When the commit ending at `end_frame` was first observed (now, if it was
     /// not seen before). Times never decrease.
     fn observed_time(&mut self, end_frame: u32) -> i64 {
-        if let Some(&(_, t)) = self.observed.iter().find(|(end, _)| *end == end_frame) {
-            return t;
+        // A binary search: under load thousands of commits wait here while a
+        // segment is written, and every look at the WAL asks for each of them.
+        if let Ok(i) = self
+            .observed
+            .binary_search_by_key(&end_frame, |&(end, _)| end)
+        {
+            return self.observed[i].1;
         }
         let floor = self.observed.last().map_or(self.last_time_ms, |&(_, t)| t);
         let t = now_ms().max(floor).max(self.last_time_ms);
@@ -115,7 +123,16 @@ struct Engine {
     /// The newest commit time the replica holds: a new lineage's snapshot is
     /// never dated before it, even after the clock moved backwards.
     time_floor_ms: i64,
+    /// When the last commits were stored, and how long storing them took.
+    last_ship: Option<(Instant, Duration)>,
+    /// A look at the WAL was put off by pacing (see [`Engine::paced_until`]).
+    deferred: bool,
+    /// File events wake the engine through this (none in `once`).
+    gate: Option<Arc<super::wake::WakeGate>>,
 }
+
+/// Longest pause after storing segments before the next ones under load.
+const MAX_PACE: Duration = Duration::from_millis(10);
 
 /// Most WAL restarts (salt-1 increments) accepted between two looks at the
 /// WAL; more means another process replaced it.
@@ -132,6 +149,8 @@ pub(crate) struct Links {
     pub ready: oneshot::Sender<Result<(), CaptureError>>,
     /// The last txid durably in the replica.
     pub shipped: watch::Sender<u64>,
+    /// Taken before each step, so file events from then on wake it again.
+    pub gate: Arc<super::wake::WakeGate>,
 }
 
 pub(crate) fn run(
@@ -142,8 +161,15 @@ pub(crate) fn run(
     rt: Handle,
     links: Links,
 ) -> Result<(), CaptureError> {
-    let Links { rx, ready, shipped } = links;
+    let Links {
+        rx,
+        ready,
+        shipped,
+        gate,
+    } = links;
+    let _close = super::wake::CloseOnDrop(Arc::clone(&gate));
     let mut eng = Engine::new(db_path, store, opts, rt);
+    eng.gate = Some(gate);
     // Waiters (`Replication::wait_for_txid`) see each txid once it is durable.
     let publish = |eng: &Engine| {
         let txid = eng.status.last_shipped_txid;
@@ -283,6 +309,9 @@ impl Engine {
             lease: None,
             compactor,
             time_floor_ms: 0,
+            last_ship: None,
+            deferred: false,
+            gate: None,
         }
     }
 
@@ -353,6 +382,10 @@ impl Engine {
 
     /// Time until the engine should look again without an event.
     fn next_wait(&self, poll: Duration) -> Duration {
+        if let Some(until) = self.paced_until().filter(|_| self.deferred) {
+            let left = until.saturating_duration_since(Instant::now());
+            return poll.min(left.max(Duration::from_millis(1)));
+        }
         if let Some(since) = self.unshipped_since {
             let left = self.upload_interval().saturating_sub(since.elapsed());
             return poll.min(left.max(Duration::from_millis(1)));
@@ -414,7 +447,27 @@ impl Engine {
         self.sync_inner(false)
     }
 
+    /// Group commit under load: after storing segments the engine waits as
+    /// long as that took (at most [`MAX_PACE`]) before it stores more, so that
+    /// commits arriving meanwhile share the next segment and its fsyncs, and
+    /// storing takes at most about half the time. A commit after a quiet spell
+    /// longer than that ships at once.
+    fn paced_until(&self) -> Option<Instant> {
+        self.last_ship.map(|(end, took)| end + took.min(MAX_PACE))
+    }
+
     fn sync_inner(&mut self, force: bool) -> Result<(), CaptureError> {
+        if !force && self.paced_until().is_some_and(|t| Instant::now() < t) {
+            // The wake-up stays untaken: the watcher waits instead of waking
+            // the engine for every write until then.
+            self.deferred = true;
+            return Ok(());
+        }
+        self.deferred = false;
+        // Before the WAL is read: any write after this sends a new wake-up.
+        if let Some(g) = &self.gate {
+            g.taken();
+        }
         if self.src()?.replaced()? {
             return self.new_lineage("the database file was replaced");
         }
@@ -478,7 +531,9 @@ impl Engine {
         if !force && waiting.elapsed() < self.upload_interval() {
             return Ok(());
         }
+        let started = Instant::now();
         self.ship(&wal, &h, &commits, &times)?;
+        self.last_ship = Some((Instant::now(), started.elapsed()));
         self.unshipped_since = None;
         Ok(())
     }
@@ -494,37 +549,29 @@ impl Engine {
         commits: &[WalCommit],
         times: &[i64],
     ) -> Result<(), CaptureError> {
-        let mut start = 0;
-        while start < commits.len() {
-            let mut end = start + 1;
-            let mut pages = commits[start].frames.len();
-            while end < commits.len()
-                && pages + commits[end].frames.len() <= self.opts.segment_pages
-            {
-                pages += commits[end].frames.len();
-                end += 1;
-            }
-            self.ship_segment(wal, h, &commits[start..end], &times[start..end])?;
-            start = end;
+        for r in segment::split_batches(commits, h.page_size, self.opts.segment_pages) {
+            let batch = segment::Batch {
+                wal,
+                header: h,
+                commits: &commits[r.clone()],
+                first_txid: self.next_txid,
+                times: &times[r],
+            };
+            self.ship_segment(&batch)?;
         }
         Ok(())
     }
 
-    fn ship_segment(
-        &mut self,
-        wal: &WalFile,
-        h: &WalHeader,
-        batch: &[WalCommit],
-        times: &[i64],
-    ) -> Result<(), CaptureError> {
-        let next_txid = self.next_txid;
+    fn ship_segment(&mut self, batch: &segment::Batch) -> Result<(), CaptureError> {
+        let (wal, h) = (batch.wal, batch.header);
+        let spool_dir = state_dir(&self.db_path);
         let lin = self.lin()?;
-        let (first_time, time) = (times[0], times[times.len() - 1]);
+        let (first_time, time) = (batch.times[0], batch.times[batch.times.len() - 1]);
         lin.hashes.begin();
-        let last = &batch[batch.len() - 1];
+        let last = &batch.commits[batch.commits.len() - 1];
         // The frames must still be the ones validated when read: a second guard
         // behind the pin against shipping pages of a restarted WAL.
-        let built = build_segment(lin, wal, h, batch, next_txid, times).and_then(|b| {
+        let built = segment::build_segment(lin, batch, &spool_dir).and_then(|b| {
             if wal.header()? == Some(*h)
                 && wal.stored_checksum(h, last.end_frame - 1)? == Some(last.end_checksum)
             {
@@ -535,7 +582,7 @@ impl Engine {
                 ))
             }
         });
-        let (header, bytes) = match built {
+        let (header, body) = match built {
             Ok(b) => b,
             Err(e) => {
                 lin.hashes.rollback();
@@ -549,17 +596,17 @@ impl Engine {
             first_time,
             time,
         );
-        let plain = Bytes::from(bytes);
-        if let Err(e) = self.put_create_only(&key, plain.clone()) {
+        let stored = match &body {
+            SegmentBody::Memory(plain) => self.put_create_only(&key, plain.clone()),
+            SegmentBody::Spooled(spool) => self.put_spooled(&key, &header, spool),
+        };
+        if let Err(e) = stored {
             self.lin()?.hashes.rollback();
             return Err(e);
         }
-        if let Some(c) = self.compactor.as_mut() {
-            c.shipped(&key, &header, &plain);
-        }
+        self.note_for_compaction(&key, &header, &body);
         let lin = self.lin()?;
         lin.hashes.commit();
-        let last = &batch[batch.len() - 1];
         lin.pos = Pos::Known(position(h, last.end_frame, last.end_checksum));
         if lin.unknown_until.is_some_and(|u| u <= last.end_frame) {
             lin.unknown_until = None;
@@ -569,8 +616,22 @@ impl Engine {
         self.next_txid = header.max_txid() + 1;
         self.status.last_shipped_txid = header.max_txid();
         self.status.last_shipped_time_ms = Some(time);
-        tracing::debug!(%key, commits = batch.len(), "segment shipped");
+        tracing::debug!(%key, commits = batch.commits.len(), bytes = body.len(), "segment shipped");
         Ok(())
+    }
+
+    /// Small segments go to the compactor's log; a large one is not worth
+    /// merging (and is not copied once more into the log).
+    fn note_for_compaction(&mut self, key: &str, header: &ObjectHeader, body: &SegmentBody) {
+        let Some(c) = self.compactor.as_mut() else {
+            return;
+        };
+        match body {
+            SegmentBody::Memory(plain) if (plain.len() as u64) < segment::COMPACT_BELOW => {
+                c.shipped(key, header, plain);
+            }
+            _ => c.skipped(),
+        }
     }
 
     /// Write-once put; an identical object already there (a retried write that
@@ -721,66 +782,4 @@ fn position(h: &WalHeader, frame: u32, checksum: (u32, u32)) -> WalPosition {
         frame,
         checksum,
     }
-}
-
-/// Encodes `batch` as one segment, updating the lineage's page hashes.
-fn build_segment(
-    lin: &mut Lineage,
-    wal: &WalFile,
-    h: &WalHeader,
-    batch: &[WalCommit],
-    first_txid: u64,
-    times: &[i64],
-) -> Result<(ObjectHeader, Vec<u8>), CaptureError> {
-    let mut body = BodyWriter::new(Vec::new(), ObjectKind::Segment);
-    let mut page = vec![0u8; h.page_size as usize];
-    let mut commits = Vec::with_capacity(batch.len());
-    let io = |source| CaptureError::Io {
-        path: wal.path().to_path_buf(),
-        source,
-    };
-    for (i, c) in batch.iter().enumerate() {
-        let latest = c.latest_frames();
-        let tracked = lin.unknown_until.is_none_or(|u| c.end_frame > u);
-        for &(pgno, frame) in &latest {
-            if !wal.read_page(h, frame, &mut page)? {
-                return Err(CaptureError::WalShrank {
-                    path: wal.path().to_path_buf(),
-                    frame,
-                });
-            }
-            if tracked {
-                lin.hashes.set_page(pgno, &page);
-            }
-            body.write_page(pgno, &page).map_err(io)?;
-        }
-        if tracked {
-            lin.hashes.resize(c.db_pages);
-        }
-        let known = tracked || lin.unknown_until == Some(c.end_frame);
-        commits.push(CommitRecord {
-            txid: first_txid + i as u64,
-            time_ms: times[i],
-            db_pages: c.db_pages,
-            page_count: latest.len() as u32,
-            checksum: known.then(|| lin.hashes.checksum()),
-        });
-    }
-    let last = &batch[batch.len() - 1];
-    let header = ObjectHeader {
-        kind: ObjectKind::Segment,
-        flags: 0,
-        key_id: [0; 8],
-        lineage: lin.id,
-        page_size: h.page_size,
-        wal: Some(position(h, last.end_frame, last.end_checksum)),
-        commits,
-    };
-    let body = body.finish().map_err(|e| CaptureError::Format {
-        key: "new segment".into(),
-        source: e,
-    })?;
-    let mut out = header.encode();
-    out.extend_from_slice(&body);
-    Ok((header, out))
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::*;
 use crate::capture::spool::Spool;
+use crate::format::{BodyWriter, CommitRecord, ObjectKind};
 use crate::schedule::SnapshotSchedule;
 
 impl Engine {

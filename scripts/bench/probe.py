@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""walstream alone, for profiling the capture engine (docs/benchmarks.md).
+
+    scripts/bench/probe.py throughput|ingest|none [NORMAL|FULL]
+
+Replicates a fresh database in /tmp to a local directory with
+$WALSTREAM (default target/release/walstream, logging at debug) while this
+process commits one 40-byte row per transaction for 10 s (throughput), 2000
+rows of 100 kB random bytes (ingest), or the same 10 s without a replicator
+(none). Prints one JSON line: commits/s, the application's CPU share,
+walstream's CPU seconds and peak RSS, segments and commits per segment
+(from the "segment shipped" debug lines) and checkpoints. With PERF=FILE,
+walstream runs under `perf record -e cpu-clock --call-graph dwarf` instead
+(CPU and RSS are then not read).
+"""
+import os, sys, time, sqlite3, subprocess, shutil, tempfile, signal, re, json
+mode = sys.argv[1]          # throughput | ingest | none
+sync = sys.argv[2] if len(sys.argv) > 2 else "NORMAL"
+wal = os.environ.get("WALSTREAM", os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../target/release/walstream"))
+perf = os.environ.get("PERF")  # perf output file
+work = tempfile.mkdtemp(prefix="capperf-", dir="/tmp")
+db = os.path.join(work, "app.db"); rep = os.path.join(work, "rep")
+c = sqlite3.connect(db, isolation_level=None)
+c.execute("PRAGMA journal_mode=WAL")
+c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, seq INTEGER, ts INTEGER, v BLOB)")
+c.execute("INSERT INTO t(seq, ts, v) VALUES (0, 0, randomblob(40))")
+c.close()
+env = dict(os.environ, WALSTREAM_LOG="walstream=debug")
+proc = None
+if mode != "none":
+    cmd = [wal, "replicate", db, rep]
+    if perf:
+        cmd = ["perf", "record", "-e", "cpu-clock", "--call-graph", "dwarf,16384", "-F", "999", "-o", perf, "--"] + cmd
+    log = open(os.path.join(work, "log"), "w")
+    proc = subprocess.Popen(cmd, stderr=log, env=env)
+conn = sqlite3.connect(db, isolation_level=None)
+conn.execute("PRAGMA journal_mode=WAL"); conn.execute(f"PRAGMA synchronous={sync}"); conn.execute("PRAGMA busy_timeout=10000")
+if proc:
+    while not (os.path.isdir(rep + "/segments") and os.listdir(rep + "/segments")):
+        conn.execute("INSERT INTO t(seq, ts, v) VALUES (-1, 0, randomblob(40))"); time.sleep(0.05)
+    time.sleep(1.5)
+pid = proc.pid if proc and not perf else None
+def cpu():
+    if not pid: return 0
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+def hwm():
+    if not pid: return 0
+    for l in open(f"/proc/{pid}/status"):
+        if l.startswith("VmHWM"): return int(l.split()[1]) / 1024
+def shipped_lines():
+    if not proc: return []
+    return [l for l in open(os.path.join(work, "log")) if "segment shipped" in l]
+n0 = len(shipped_lines())
+cpu0 = cpu(); t0 = time.perf_counter(); n = 0; app_cpu0 = time.process_time()
+if mode in ("throughput", "none"):
+    end = t0 + 10
+    while time.perf_counter() < end:
+        conn.execute("BEGIN"); conn.execute("INSERT INTO t(seq, ts, v) VALUES (?, ?, randomblob(40))", (n, 0)); conn.execute("COMMIT"); n += 1
+    app = time.perf_counter() - t0
+else:
+    for _ in range(2000):
+        conn.execute("INSERT INTO t(seq, ts, v) VALUES (1, 0, randomblob(100000))"); n += 1
+    app = time.perf_counter() - t0
+time.sleep(4)
+res = {"app_cpu_share": round((time.process_time() - app_cpu0) / app, 2), "mode": mode, "sync": sync, "commits": n, "app_s": round(app, 2), "commits_per_s": round(n / app),
+       "load": open("/proc/loadavg").read().split()[:3]}
+if proc:
+    res["cpu_s"] = round(cpu() - cpu0, 2); res["hwm_mb"] = round(hwm(), 1)
+    proc.send_signal(signal.SIGTERM); proc.wait()
+    lines = shipped_lines()[n0:]
+    commits = sum(int(re.search(r"commits=(\d+)", l).group(1)) for l in lines)
+    res["segments"] = len(lines); res["seg_commits"] = commits
+    res["commits_per_segment"] = round(commits / max(1, len(lines)), 1)
+    res["checkpoints"] = sum(1 for l in open(os.path.join(work, "log")) if "checkpoint" in l and "copied" in l)
+print(json.dumps(res))
+shutil.rmtree(work, ignore_errors=True)
