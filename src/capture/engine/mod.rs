@@ -716,6 +716,10 @@ impl Engine {
         &mut self,
         f: impl FnOnce(&mut Source) -> Result<T, CaptureError>,
     ) -> Result<Option<T>, CaptureError> {
+        // Ship what is there first, with writers running: only the commits of
+        // the next moments are shipped under the lock, and a store that fails
+        // or is slow right now fails here, before any writer waits on it.
+        self.sync()?;
         if !self.src()?.lock_writers()? {
             tracing::debug!("writers busy; checkpoint postponed");
             return Ok(None);
