@@ -7,6 +7,7 @@ mod snapshot;
 mod start;
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use tokio::sync::{oneshot, watch};
 use super::compactor::{Compactor, CompactorContext};
 use super::source::Source;
 use super::state::StateReader;
-use super::{state_dir, CaptureOptions, Command};
+use super::{CaptureOptions, Command, Progress, Slot};
 use crate::catalog::{fetch_header, segment_key, snapshot_key, Catalog};
 use crate::checksum::PageHashes;
 use crate::error::CaptureError;
@@ -54,6 +55,10 @@ pub struct EngineStatus {
     /// The whole three-step PASSIVE checkpoint cycle.
     #[serde(default)]
     pub last_checkpoint_duration_ms: Option<u64>,
+    /// The replica failed past `outage_wal_hold` or `outage_wal_max_mb` and
+    /// no longer holds the WAL (until it starts again).
+    #[serde(default)]
+    pub wal_released: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -115,6 +120,9 @@ struct Engine {
     /// The newest commit time the replica holds: a new lineage's snapshot is
     /// never dated before it, even after the clock moved backwards.
     time_floor_ms: i64,
+    slot: Slot,
+    /// Every commit seen by this WAL read (or an earlier one) is durable.
+    durable_read: u64,
 }
 
 /// Most WAL restarts (salt-1 increments) accepted between two looks at the
@@ -130,8 +138,8 @@ pub(crate) struct Links {
     pub rx: Receiver<Command>,
     /// The outcome of start-up.
     pub ready: oneshot::Sender<Result<(), CaptureError>>,
-    /// The last txid durably in the replica.
-    pub shipped: watch::Sender<u64>,
+    /// How far the engine has come.
+    pub progress: watch::Sender<Progress>,
 }
 
 pub(crate) fn run(
@@ -141,15 +149,30 @@ pub(crate) fn run(
     poll: Duration,
     rt: Handle,
     links: Links,
+    slot: Slot,
 ) -> Result<(), CaptureError> {
-    let Links { rx, ready, shipped } = links;
-    let mut eng = Engine::new(db_path, store, opts, rt);
-    // Waiters (`Replication::wait_for_txid`) see each txid once it is durable.
-    let publish = |eng: &Engine| {
-        let txid = eng.status.last_shipped_txid;
-        shipped.send_if_modified(|v| std::mem::replace(v, txid) != txid);
+    let Links {
+        rx,
+        ready,
+        progress,
+    } = links;
+    let mut eng = Engine::new(db_path, store, opts, rt, slot);
+    // Waiters (`Replication::wait_for_txid`, `wait_for_ticket`) see each txid
+    // once it is durable.
+    let publish = |eng: &Engine, failures: u32| {
+        let now = Progress {
+            shipped_txid: eng.status.last_shipped_txid,
+            durable_read: eng.durable_read,
+            failing: failures > 0,
+        };
+        progress.send_if_modified(|v| std::mem::replace(v, now) != now);
     };
     let mut failures = 0u32;
+    // Since when every step failed (the outage, for `outage_wal_hold`).
+    let mut failing_since = None;
+    // While failing: no step before this (commits still wake the engine, but
+    // a failing store is not asked again on every one of them).
+    let mut retry_at: Option<Instant> = None;
     match eng.start_retrying() {
         Ok(()) => {}
         // An outage of the store is not a reason to stop: hold the WAL so what is
@@ -158,6 +181,8 @@ pub(crate) fn run(
             eng.record_error(&e);
             eng.hold_wal();
             failures = 1;
+            failing_since = Some(Instant::now());
+            retry_at = Some(Instant::now() + retry_delay(failures));
         }
         Err(e) => {
             eng.release_lease();
@@ -165,13 +190,12 @@ pub(crate) fn run(
             return Ok(());
         }
     }
-    publish(&eng);
+    publish(&eng, failures);
     let _ = ready.send(Ok(()));
     loop {
-        let wait = if failures > 0 {
-            retry_delay(failures)
-        } else {
-            eng.next_wait(poll)
+        let wait = match retry_at {
+            Some(t) => t.saturating_duration_since(Instant::now()),
+            None => eng.next_wait(poll),
         };
         let mut cmds = Vec::new();
         match rx.recv_timeout(wait) {
@@ -196,20 +220,32 @@ pub(crate) fn run(
         }
         if shutdown {
             let r = eng.final_sync();
-            publish(&eng);
+            publish(&eng, u32::from(r.is_err()));
             eng.stop_compactor();
             eng.release_lease();
             return r;
         }
+        let backing_off = retry_at.is_some_and(|t| Instant::now() < t);
+        if backing_off && snapshots.is_empty() && flushes.is_empty() {
+            continue;
+        }
         match eng.step() {
-            Ok(()) => failures = 0,
+            Ok(()) => {
+                failures = 0;
+                failing_since = None;
+                retry_at = None;
+            }
             Err(e) if e.is_fatal() => {
                 eng.record_error(&e);
+                publish(&eng, 1);
                 return Err(e);
             }
             Err(e) => {
                 failures += 1;
                 eng.record_error(&e);
+                retry_at = Some(Instant::now() + retry_delay(failures));
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                eng.maybe_release_wal(since);
             }
         }
         for reply in snapshots {
@@ -227,7 +263,7 @@ pub(crate) fn run(
             }
             let _ = reply.send(r.map_err(|e| e.to_string()));
         }
-        publish(&eng);
+        publish(&eng, failures);
     }
 }
 
@@ -237,8 +273,9 @@ pub(crate) fn once(
     opts: CaptureOptions,
     rt: Handle,
     force_snapshot: bool,
+    slot: Slot,
 ) -> Result<Option<String>, CaptureError> {
-    let mut eng = Engine::new(db_path, store, opts, rt);
+    let mut eng = Engine::new(db_path, store, opts, rt, slot);
     let r = eng.one_pass(force_snapshot);
     eng.stop_compactor();
     eng.release_lease();
@@ -259,12 +296,13 @@ impl Engine {
         store: Arc<dyn ObjectStore>,
         opts: CaptureOptions,
         rt: Handle,
+        slot: Slot,
     ) -> Engine {
         let compactor = (opts.compact_segments >= 2).then(|| {
             Compactor::start(CompactorContext {
                 store: Arc::clone(&store),
                 rt: rt.clone(),
-                state_dir: state_dir(&db_path),
+                state_dir: slot.work_dir.clone(),
                 key: opts.encryption.clone(),
                 segments: opts.compact_segments,
             })
@@ -283,6 +321,8 @@ impl Engine {
             lease: None,
             compactor,
             time_floor_ms: 0,
+            slot,
+            durable_read: 0,
         }
     }
 
@@ -315,11 +355,13 @@ impl Engine {
     fn hold_wal(&mut self) {
         let held = match self.src.as_mut() {
             Some(src) => src.pin(),
-            None => Source::open(&self.db_path, self.opts.busy_timeout).and_then(|mut src| {
-                src.pin()?;
-                self.src = Some(src);
-                Ok(())
-            }),
+            None => Source::open(&self.db_path, self.opts.busy_timeout, &self.slot.files).and_then(
+                |mut src| {
+                    src.pin()?;
+                    self.src = Some(src);
+                    Ok(())
+                },
+            ),
         };
         if let Err(e) = held {
             tracing::warn!(db = %self.db_path.display(), error = %e, "could not pin the WAL while waiting for the replica");
@@ -329,8 +371,45 @@ impl Engine {
         self.unshipped_since.get_or_insert_with(Instant::now);
     }
 
+    /// During an outage longer than `outage_wal_hold`, or once the WAL is
+    /// larger than `outage_wal_max_bytes`, stops holding the WAL: the pin
+    /// and the lineage go, so checkpoints (the other replicas', the
+    /// application's) may move past what this replica has not shipped. When
+    /// the replica answers again, start-up resumes the lineage only if it can
+    /// still prove continuity, else it takes a snapshot: nothing is guessed.
+    fn maybe_release_wal(&mut self, failing_since: Instant) {
+        let holding = self.lin.is_some() || self.src.as_ref().is_some_and(|s| s.is_pinned());
+        if !holding {
+            return;
+        }
+        let too_long = self
+            .opts
+            .outage_wal_hold
+            .is_some_and(|limit| failing_since.elapsed() >= limit);
+        let wal_bytes =
+            std::fs::metadata(crate::capture::wal_path(&self.db_path)).map_or(0, |m| m.len());
+        let too_big = self
+            .opts
+            .outage_wal_max_bytes
+            .is_some_and(|limit| wal_bytes >= limit);
+        if !(too_long || too_big) {
+            return;
+        }
+        tracing::warn!(db = %self.db_path.display(), replica = %self.slot.name,
+            failing_s = failing_since.elapsed().as_secs(), wal_bytes,
+            "the replica has been failing too long: no longer holding the WAL for it; \
+             it resumes when it answers if continuity can still be proven, else it starts \
+             a new lineage with a snapshot");
+        if let Some(l) = &self.lin {
+            self.time_floor_ms = self.time_floor_ms.max(l.last_time_ms);
+        }
+        self.lin = None;
+        self.src = None;
+        self.status.wal_released = true;
+    }
+
     fn record_error(&mut self, e: &CaptureError) {
-        tracing::error!(db = %self.db_path.display(), error = %e, "replication error; retrying");
+        tracing::error!(db = %self.db_path.display(), replica = %self.slot.name, error = %e, "replication error; retrying");
         self.status.last_error = Some(e.to_string());
         self.status.errors += 1;
     }
@@ -376,6 +455,7 @@ impl Engine {
         self.ensure_lease()?;
         if self.lin.is_none() {
             self.start()?;
+            self.status.wal_released = false;
         }
         self.sync_batched()?;
         self.maybe_checkpoint()?;
@@ -414,7 +494,18 @@ impl Engine {
         self.sync_inner(false)
     }
 
+    /// One WAL read (numbered, see `Progress::durable_read`), shipping what
+    /// it found unless batching holds it back.
     fn sync_inner(&mut self, force: bool) -> Result<(), CaptureError> {
+        let read = self.slot.reads.fetch_add(1, Ordering::SeqCst) + 1;
+        self.sync_read(force)?;
+        if self.unshipped_since.is_none() {
+            self.durable_read = self.durable_read.max(read);
+        }
+        Ok(())
+    }
+
+    fn sync_read(&mut self, force: bool) -> Result<(), CaptureError> {
         if self.src()?.replaced()? {
             return self.new_lineage("the database file was replaced");
         }

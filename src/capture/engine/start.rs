@@ -40,7 +40,11 @@ impl Engine {
             .is_some_and(|s| !s.is_locked() && matches!(s.replaced(), Ok(false)));
         if !reusable {
             self.src = None;
-            self.src = Some(Source::open(&self.db_path, self.opts.busy_timeout)?);
+            self.src = Some(Source::open(
+                &self.db_path,
+                self.opts.busy_timeout,
+                &self.slot.files,
+            )?);
         }
         // After the database checks, so a wrong path or mode is reported as such.
         self.ensure_lease()?;
@@ -223,7 +227,7 @@ impl Engine {
 
     /// Starts a new lineage: a full snapshot at the next txid.
     pub(super) fn new_lineage(&mut self, reason: &str) -> Result<(), CaptureError> {
-        tracing::warn!(db = %self.db_path.display(), reason, "starting a new lineage with a full snapshot");
+        tracing::warn!(db = %self.db_path.display(), replica = %self.slot.name, reason, "starting a new lineage with a full snapshot");
         if let Some(l) = &self.lin {
             self.time_floor_ms = self.time_floor_ms.max(l.last_time_ms);
         }
@@ -234,7 +238,7 @@ impl Engine {
             .is_none_or(|s| s.replaced().unwrap_or(true))
         {
             self.src = None;
-            let mut src = Source::open(&self.db_path, self.opts.busy_timeout)?;
+            let mut src = Source::open(&self.db_path, self.opts.busy_timeout, &self.slot.files)?;
             src.pin()?;
             self.src = Some(src);
         }
