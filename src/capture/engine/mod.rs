@@ -170,9 +170,6 @@ pub(crate) fn run(
     let mut failures = 0u32;
     // Since when every step failed (the outage, for `outage_wal_hold`).
     let mut failing_since = None;
-    // While failing: no step before this (commits still wake the engine, but
-    // a failing store is not asked again on every one of them).
-    let mut retry_at: Option<Instant> = None;
     match eng.start_retrying() {
         Ok(()) => {}
         // An outage of the store is not a reason to stop: hold the WAL so what is
@@ -182,7 +179,6 @@ pub(crate) fn run(
             eng.hold_wal();
             failures = 1;
             failing_since = Some(Instant::now());
-            retry_at = Some(Instant::now() + retry_delay(failures));
         }
         Err(e) => {
             eng.release_lease();
@@ -193,9 +189,10 @@ pub(crate) fn run(
     publish(&eng, failures);
     let _ = ready.send(Ok(()));
     loop {
-        let wait = match retry_at {
-            Some(t) => t.saturating_duration_since(Instant::now()),
-            None => eng.next_wait(poll),
+        let wait = if failures > 0 {
+            retry_delay(failures)
+        } else {
+            eng.next_wait(poll)
         };
         let mut cmds = Vec::new();
         match rx.recv_timeout(wait) {
@@ -225,15 +222,10 @@ pub(crate) fn run(
             eng.release_lease();
             return r;
         }
-        let backing_off = retry_at.is_some_and(|t| Instant::now() < t);
-        if backing_off && snapshots.is_empty() && flushes.is_empty() {
-            continue;
-        }
         match eng.step() {
             Ok(()) => {
                 failures = 0;
                 failing_since = None;
-                retry_at = None;
             }
             Err(e) if e.is_fatal() => {
                 eng.record_error(&e);
@@ -243,7 +235,6 @@ pub(crate) fn run(
             Err(e) => {
                 failures += 1;
                 eng.record_error(&e);
-                retry_at = Some(Instant::now() + retry_delay(failures));
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 eng.maybe_release_wal(since);
             }
