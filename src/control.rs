@@ -114,15 +114,24 @@ async fn handle(stream: UnixStream, replicas: &[Arc<DbMonitor>]) -> std::io::Res
     write.write_all(&out).await
 }
 
-/// Every replica's status, asked at the same time (a busy engine answers late).
+/// The status of each replica asked about, asked at the same time. One
+/// replica: its engine's own answer, however long it takes (a busy engine,
+/// its store not answering, answers between two attempts). Several: a busy
+/// engine answers with its last status after a moment, so it never holds up
+/// the others'.
 async fn status_reply(replicas: &[Arc<DbMonitor>]) -> Reply {
+    let one = replicas.len() == 1;
     let tasks: Vec<_> = replicas
         .iter()
         .map(|m| {
             let m = Arc::clone(m);
-            // A busy engine (its store not answering) answers with its last
-            // status after a moment, so it never holds up the others'.
-            tokio::spawn(async move { (m.engine_status().await, m) })
+            tokio::spawn(async move {
+                let status = match one {
+                    true => m.fresh_status().await,
+                    false => m.engine_status().await,
+                };
+                (status, m)
+            })
         })
         .collect();
     let mut parts = Vec::new();

@@ -174,6 +174,18 @@ impl DbMonitor {
         self.state().last_engine
     }
 
+    /// The engine's own answer, however long it takes; its last one once it
+    /// has stopped.
+    pub async fn fresh_status(&self) -> Option<EngineStatus> {
+        match self.rep.status().await {
+            Ok(e) => {
+                self.update(|s| s.last_engine = Some(e.clone()));
+                Some(e)
+            }
+            Err(_) => self.state().last_engine,
+        }
+    }
+
     /// The engine's status, the monitor's state and the health they give now.
     pub async fn report(&self) -> DbReport {
         let running = !self.rep.is_finished();

@@ -544,15 +544,17 @@ impl Replicator {
     /// The first replica's positions, lag, last snapshot, window and health,
     /// as `walstream status` (every replica's: [`Replicator::statuses`]).
     pub async fn status(&self) -> Result<Status, ReplicatorError> {
-        status_of(self.first(), &self.db).await
+        status_of(self.first(), &self.db, true).await
     }
 
-    /// Every replica's status, in order (each as [`Replicator::status`]).
+    /// Every replica's status, in order (each as [`Replicator::status`]; an
+    /// engine busy for more than a moment, its store not answering, reports
+    /// its last status).
     pub async fn statuses(&self) -> Vec<ReplicaOutcome<Status>> {
         let db = self.db.clone();
         self.each(move |m| {
             let db = db.clone();
-            async move { status_of(&m, &db).await }
+            async move { status_of(&m, &db, false).await }
         })
         .await
     }
@@ -729,9 +731,14 @@ impl Replicator {
     }
 }
 
-async fn status_of(m: &DbMonitor, db: &Path) -> Result<Status, ReplicatorError> {
-    // A busy engine answers with its last status after a moment.
-    let live = match m.engine_status().await {
+/// `fresh`: the engine's own answer however long it takes; else a busy
+/// engine's last answer after a moment (so it never holds up the others').
+async fn status_of(m: &DbMonitor, db: &Path, fresh: bool) -> Result<Status, ReplicatorError> {
+    let answer = match fresh {
+        true => None,
+        false => m.engine_status().await,
+    };
+    let live = match answer {
         Some(s) => s,
         None => m.rep.status().await?,
     };

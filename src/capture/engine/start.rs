@@ -7,14 +7,18 @@ use super::*;
 
 impl Engine {
     /// [`Engine::start`], retried a few times when it failed for a passing
-    /// reason (the application held the write lock, or restarted the WAL while
-    /// a snapshot was read).
+    /// reason (the application held the write lock, or restarted or truncated
+    /// the WAL while a snapshot was read: a PASSIVE checkpoint of its own can
+    /// finish the backfill between the engine's checkpoint and its new pin,
+    /// which then sits on read lock 0 and does not stop a TRUNCATE).
     pub(super) fn start_retrying(&mut self) -> Result<(), CaptureError> {
         let mut attempt = 0u32;
         loop {
             match self.start() {
-                Err(CaptureError::Stopped(why)) if attempt < 5 => {
-                    tracing::info!(why, "start-up interrupted; retrying");
+                Err(e @ (CaptureError::Stopped(_) | CaptureError::WalShrank { .. }))
+                    if attempt < 5 =>
+                {
+                    tracing::info!(why = %e, "start-up interrupted; retrying");
                     std::thread::sleep(Duration::from_millis(50 << attempt));
                     attempt += 1;
                 }
