@@ -47,6 +47,8 @@ struct RawConfig {
     checkpoint_pages: Option<u32>,
     compact_segments: Option<usize>,
     upload_interval: Option<String>,
+    outage_wal_hold: Option<String>,
+    outage_wal_max_mb: Option<u64>,
     cloudflare: Option<RawCloudflare>,
     #[serde(default)]
     db: Vec<RawDb>,
@@ -83,7 +85,11 @@ struct RawDb {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawReplica {
+    /// Unique within its database; default: the URL's scheme (`file`, `s3`, `r2`).
+    name: Option<String>,
     url: String,
+    /// This replica's `upload_interval` (else the global one).
+    upload_interval: Option<String>,
     /// Keys for an S3 replica (else `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`).
     access_key_id: Option<String>,
     secret_access_key: Option<String>,
@@ -93,7 +99,53 @@ struct RawReplica {
 #[derive(Debug, Clone)]
 pub struct DbConfig {
     pub path: PathBuf,
-    pub replica: ReplicaUrl,
+    /// At least one, in the order the file lists them (the first is the
+    /// primary: see `docs/config.md`, several replicas).
+    pub replicas: Vec<ReplicaConfig>,
+}
+
+/// One `[[db.replica]]`: a destination with its own position, retries and lag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// Unique within the database (`restore --replica NAME`, `status`).
+    pub name: String,
+    pub url: ReplicaUrl,
+    /// This replica's `upload_interval`; `None`: the global one, else the
+    /// store's default.
+    pub upload_interval: Option<Duration>,
+}
+
+impl ReplicaConfig {
+    /// A replica named after its URL's scheme (`file`, `s3`, `r2`).
+    pub fn unnamed(raw_url: &str, url: ReplicaUrl) -> ReplicaConfig {
+        ReplicaConfig {
+            name: default_name(raw_url).to_string(),
+            url,
+            upload_interval: None,
+        }
+    }
+}
+
+/// The default name of a replica: its URL's scheme.
+pub fn default_name(raw_url: &str) -> &'static str {
+    if raw_url.starts_with("s3://") {
+        "s3"
+    } else if raw_url.starts_with("r2://") {
+        "r2"
+    } else {
+        "file"
+    }
+}
+
+/// Whether `name` can name a replica: 1 to 64 letters, digits, `-`, `_`, `.`,
+/// starting with a letter or digit (it names a directory in the state
+/// directory too).
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[derive(Debug, Clone)]
@@ -107,7 +159,7 @@ pub struct Config {
     pub backups_disabled: bool,
     /// The `[storage.backup]` replica when the table names no `database`
     /// (an application that knows its file gives it to the builder).
-    pub backup_replica: Option<ReplicaUrl>,
+    pub backup_replica: Option<ReplicaConfig>,
 }
 
 impl Config {
@@ -142,13 +194,24 @@ fn from_raw(mut raw: RawConfig) -> Result<Config, Mistake> {
     let backup = raw.storage.as_mut().and_then(|s| s.backup.take());
     let capture = capture_options(&raw, backup.as_ref())?;
     let account = r2_account(raw.cloudflare.as_ref());
-    let mut dbs = Vec::new();
+    let mut dbs: Vec<DbConfig> = Vec::new();
     for (i, db) in raw.db.iter().enumerate() {
+        let path = PathBuf::from(&db.path);
+        if let Some(k) = dbs.iter().position(|d| same_path(&d.path, &path)) {
+            return Err(Mistake::new(
+                &[Seg::Key("db"), Seg::Index(i), Seg::Key("path")],
+                format!(
+                    "{} is already listed as db[{k}]: list all its replicas under one [[db]]",
+                    db.path
+                ),
+            ));
+        }
         dbs.push(DbConfig {
-            path: PathBuf::from(&db.path),
-            replica: db_replica(i, db, &account)?,
+            path,
+            replicas: db_replicas(i, db, &account)?,
         });
     }
+    distinct_locations(&dbs)?;
     let monitor = monitor_config(&raw)?;
     let nested = backup.as_ref().and_then(|b| b.encryption.clone());
     let encryption = crate::crypto::settings::pick_table(raw.encryption.take(), nested)
@@ -186,11 +249,41 @@ fn apply_backup(
     }
     let replica = storage::replica(b, account, cloudflare)?;
     match &b.database {
-        Some(path) => config.dbs.push(DbConfig {
-            path: PathBuf::from(path),
-            replica,
-        }),
-        None => config.backup_replica = Some(replica),
+        Some(path) => {
+            let path = PathBuf::from(path);
+            if let Some(k) = config.dbs.iter().position(|d| same_path(&d.path, &path)) {
+                return Err(Mistake::new(
+                    &storage::key_path("database"),
+                    format!(
+                        "{} is listed as db[{k}] too: give it once (add this bucket as \
+                         another [[db.replica]] there)",
+                        path.display()
+                    ),
+                ));
+            }
+            let name = storage::replica_name(b, cloudflare);
+            if let Some((k, j)) = location_used(&config.dbs, &replica) {
+                return Err(Mistake::new(
+                    &storage::key_path(if b.url.is_some() { "url" } else { "bucket" }),
+                    format!("db[{k}].replica[{j}] replicates to the same location: {SHARED}"),
+                ));
+            }
+            config.dbs.push(DbConfig {
+                path,
+                replicas: vec![ReplicaConfig {
+                    name: name.to_string(),
+                    url: replica,
+                    upload_interval: None,
+                }],
+            });
+        }
+        None => {
+            config.backup_replica = Some(ReplicaConfig {
+                name: storage::replica_name(b, cloudflare).to_string(),
+                url: replica,
+                upload_interval: None,
+            })
+        }
     }
     Ok(())
 }
@@ -241,24 +334,132 @@ fn capture_options(
     if let Some(n) = raw.checkpoint_pages {
         capture.checkpoint_pages = n.max(1);
     }
+    if let Some(s) = &raw.outage_wal_hold {
+        capture.outage_wal_hold =
+            Some(parse_duration(s).filter(|d| !d.is_zero()).ok_or_else(|| {
+                Mistake::at(
+                    "outage_wal_hold",
+                    format!("{s:?}: use a duration like \"6h\""),
+                )
+            })?);
+    }
+    if let Some(mb) = raw.outage_wal_max_mb {
+        if mb == 0 {
+            return Err(Mistake::at("outage_wal_max_mb", "must be at least 1"));
+        }
+        capture.outage_wal_max_bytes = Some(mb.saturating_mul(1 << 20));
+    }
     Ok(capture)
 }
 
-/// The one replica of `[[db]]` number `i`.
-fn db_replica(i: usize, db: &RawDb, account: &R2Account) -> Result<ReplicaUrl, Mistake> {
-    let at = [Seg::Key("db"), Seg::Index(i), Seg::Key("replica")];
-    match db.replica.as_slice() {
-        [one] => replica_url(one, account)
-            .map_err(|(k, m)| Mistake::new(&[at[0], at[1], at[2], Seg::Index(0), Seg::Key(k)], m)),
-        [] => Err(Mistake::new(
-            &at[..2],
+/// The replicas of `[[db]]` number `i`, named and checked.
+fn db_replicas(i: usize, db: &RawDb, account: &R2Account) -> Result<Vec<ReplicaConfig>, Mistake> {
+    let at = |j: usize, k: &'static str| {
+        let mut key = vec![
+            Seg::Key("db"),
+            Seg::Index(i),
+            Seg::Key("replica"),
+            Seg::Index(j),
+        ];
+        if !k.is_empty() {
+            key.push(Seg::Key(k));
+        }
+        key
+    };
+    if db.replica.is_empty() {
+        return Err(Mistake::new(
+            &[Seg::Key("db"), Seg::Index(i)],
             format!("{} has no [[db.replica]] with a url", db.path),
-        )),
-        _ => Err(Mistake::new(
-            &[at[0], at[1], at[2], Seg::Index(1)],
-            format!("{}: one replica per database is supported for now", db.path),
-        )),
+        ));
     }
+    let mut out: Vec<ReplicaConfig> = Vec::new();
+    for (j, raw) in db.replica.iter().enumerate() {
+        let url = replica_url(raw, account).map_err(|(k, m)| Mistake::new(&at(j, k), m))?;
+        let name = match &raw.name {
+            Some(n) if !valid_name(n) => {
+                return Err(Mistake::new(
+                    &at(j, "name"),
+                    format!(
+                        "{n:?}: use 1 to 64 letters, digits, '-', '_' or '.', starting with \
+                         a letter or digit"
+                    ),
+                ))
+            }
+            Some(n) => n.clone(),
+            None => default_name(&raw.url).to_string(),
+        };
+        if let Some(k) = out.iter().position(|r| r.name == name) {
+            let message = match &raw.name {
+                Some(_) => format!("replica[{k}] of {} is named {name:?} too", db.path),
+                None => format!(
+                    "replica[{k}] of {} is named {name:?} too (a replica without a name is \
+                     named after its URL's scheme): give each a name = \"...\"",
+                    db.path
+                ),
+            };
+            let key = if raw.name.is_some() { "name" } else { "" };
+            return Err(Mistake::new(&at(j, key), message));
+        }
+        let upload_interval = match &raw.upload_interval {
+            None => None,
+            Some(s) => Some(parse_duration(s).ok_or_else(|| {
+                Mistake::new(
+                    &at(j, "upload_interval"),
+                    format!("{s:?} is not a duration: use one like \"1s\" or \"500ms\""),
+                )
+            })?),
+        };
+        out.push(ReplicaConfig {
+            name,
+            url,
+            upload_interval,
+        });
+    }
+    Ok(out)
+}
+
+const SHARED: &str = "each replica needs a location of its own (a prefix or directory per \
+                      database and replica)";
+
+/// No two replicas (of any database) write to one location: they would
+/// fight over its lease.
+fn distinct_locations(dbs: &[DbConfig]) -> Result<(), Mistake> {
+    for (i, db) in dbs.iter().enumerate() {
+        for (j, r) in db.replicas.iter().enumerate() {
+            if let Some((k, l)) = location_used(&dbs[..i], &r.url)
+                .or_else(|| location_used_in(&db.replicas[..j], &r.url).map(|l| (i, l)))
+            {
+                return Err(Mistake::new(
+                    &[
+                        Seg::Key("db"),
+                        Seg::Index(i),
+                        Seg::Key("replica"),
+                        Seg::Index(j),
+                        Seg::Key("url"),
+                    ],
+                    format!("db[{k}].replica[{l}] replicates to the same location: {SHARED}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn location_used(dbs: &[DbConfig], url: &ReplicaUrl) -> Option<(usize, usize)> {
+    dbs.iter()
+        .enumerate()
+        .find_map(|(k, d)| location_used_in(&d.replicas, url).map(|l| (k, l)))
+}
+
+fn location_used_in(replicas: &[ReplicaConfig], url: &ReplicaUrl) -> Option<usize> {
+    // Display leaves the keys out: one location with two key pairs is one location.
+    let here = url.to_string();
+    replicas.iter().position(|r| r.url.to_string() == here)
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    abs(a) == abs(b)
 }
 
 /// A parse error without the expanded text: TOML errors quote the offending
@@ -489,7 +690,7 @@ mod tests {
         assert_eq!(c.capture.snapshot_interval, Duration::from_secs(12 * 3600));
         assert_eq!(c.capture.retention.count, Some(3));
         assert_eq!(c.capture.upload_interval, Some(Duration::from_millis(500)));
-        assert_eq!(c.dbs[0].replica, ReplicaUrl::Local("/b".into()));
+        assert_eq!(c.dbs[0].replicas[0].url, ReplicaUrl::Local("/b".into()));
     }
 
     #[test]
@@ -510,7 +711,7 @@ mod tests {
                     r2_secret_access_key = \"${WALSTREAM_TEST_R2_SECRET}\"\n\
                     [[db]]\npath = \"/d/app.db\"\n[[db.replica]]\nurl = \"r2://backups/app\"\n";
         let c = Config::parse(Path::new("t.toml"), text, true).unwrap();
-        let ReplicaUrl::S3(s3) = &c.dbs[0].replica else {
+        let ReplicaUrl::S3(s3) = &c.dbs[0].replicas[0].url else {
             panic!("r2:// is an S3 replica")
         };
         assert_eq!(
@@ -539,7 +740,7 @@ mod tests {
         let parse = |rest: &str| Config::parse(Path::new("t"), &format!("{base}{rest}"), false);
         let c = parse("url = \"s3://b/p\"\naccess_key_id = \"A\"\nsecret_access_key = \"S\"\n")
             .unwrap();
-        let ReplicaUrl::S3(s3) = &c.dbs[0].replica else {
+        let ReplicaUrl::S3(s3) = &c.dbs[0].replicas[0].url else {
             panic!("an S3 replica")
         };
         assert_eq!(s3.access_key_id.as_deref(), Some("A"));

@@ -91,6 +91,15 @@ pub enum CaptureError {
     Stopped(String),
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    #[error("replicas of one database: {0}")]
+    ReplicaNames(String),
+    /// An error of one of several replicas of a database.
+    #[error("replica {name}: {source}")]
+    Replica {
+        name: String,
+        #[source]
+        source: Box<CaptureError>,
+    },
 }
 
 impl CaptureError {
@@ -99,16 +108,28 @@ impl CaptureError {
     pub fn is_transient(&self) -> bool {
         match self {
             CaptureError::Store(e) | CaptureError::Lease(LeaseError::Store(e)) => e.is_transient(),
+            CaptureError::Replica { source, .. } => source.is_transient(),
             _ => false,
         }
     }
 
     /// Replication must stop: going on would interleave with another writer.
     pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
-            CaptureError::Lease(LeaseError::Held { .. } | LeaseError::Lost { .. })
-        )
+        match self {
+            CaptureError::Replica { source, .. } => source.is_fatal(),
+            e => matches!(
+                e,
+                CaptureError::Lease(LeaseError::Held { .. } | LeaseError::Lost { .. })
+            ),
+        }
+    }
+
+    /// The error itself, without the replica it is about.
+    pub fn inner(&self) -> &CaptureError {
+        match self {
+            CaptureError::Replica { source, .. } => source.inner(),
+            e => e,
+        }
     }
 }
 

@@ -66,7 +66,7 @@ impl Identity {
             Ok(s) if is_owner_id(s.trim()) => s.trim().to_string(),
             Ok(_) | Err(_) => {
                 let id = format!("{:016x}", rand::random::<u64>());
-                let tmp = state_dir.join(".owner-id.tmp");
+                let tmp = state_dir.join(format!(".owner-id.{id}.tmp"));
                 std::fs::write(&tmp, format!("{id}\n"))?;
                 std::fs::rename(&tmp, &path)?;
                 id

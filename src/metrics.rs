@@ -108,7 +108,8 @@ async fn reports(monitors: &[Arc<DbMonitor>]) -> Vec<DbReport> {
     out
 }
 
-/// `/health`: 200 when every database is healthy, 503 otherwise (so a plain
+/// `/health`: 200 when every replica of every database is healthy, 503
+/// otherwise (so a plain
 /// HTTP check works), with the same levels and reasons as `walstream status`.
 pub fn health_json(reports: &[DbReport]) -> (&'static str, String) {
     let worst = reports
@@ -122,6 +123,7 @@ pub fn health_json(reports: &[DbReport]) -> (&'static str, String) {
             serde_json::json!({
                 "database": r.db,
                 "replica": r.replica,
+                "replica_name": r.name,
                 "health": r.health.level,
                 "reasons": r.health.reasons,
                 "replicating": r.running,
@@ -244,6 +246,7 @@ mod tests {
     fn report(db: &str, level: Level) -> DbReport {
         DbReport {
             db: db.into(),
+            name: "s3".into(),
             replica: "s3://b/p".into(),
             running: true,
             engine: crate::EngineStatus {

@@ -96,11 +96,16 @@ pub struct MonitorState {
 /// How long a report waits for the capture thread before using its last answer.
 const STATUS_WAIT: Duration = Duration::from_secs(2);
 
-/// One replicated database as monitoring sees it.
+/// One replica of a database as monitoring sees it.
 pub struct DbMonitor {
     pub db: PathBuf,
+    /// The replica's name (unique among the database's replicas).
+    pub name: String,
     /// The replica without credentials (`ObjectStore::describe`).
     pub replica: String,
+    /// Where verification restores (the replica's own directory in the
+    /// database's state directory).
+    pub work_dir: PathBuf,
     pub rep: Arc<Replication>,
     pub store: Arc<dyn ObjectStore>,
     pub thresholds: Thresholds,
@@ -111,6 +116,8 @@ pub struct DbMonitor {
 #[derive(Debug, Clone)]
 pub struct DbReport {
     pub db: String,
+    /// The replica's name.
+    pub name: String,
     pub replica: String,
     pub running: bool,
     pub engine: EngineStatus,
@@ -126,6 +133,8 @@ impl DbMonitor {
         thresholds: Thresholds,
     ) -> DbMonitor {
         DbMonitor {
+            name: rep.name().to_string(),
+            work_dir: state_dir(&db),
             db,
             replica: store.describe(),
             rep,
@@ -133,6 +142,13 @@ impl DbMonitor {
             thresholds,
             state: Mutex::new(MonitorState::default()),
         }
+    }
+
+    /// Verification restores into `dir` (with several replicas, each
+    /// replica's own: see [`crate::capture::work_dir`]).
+    pub fn with_work_dir(mut self, dir: PathBuf) -> DbMonitor {
+        self.work_dir = dir;
+        self
     }
 
     pub fn state(&self) -> MonitorState {
@@ -145,17 +161,36 @@ impl DbMonitor {
         }
     }
 
+    /// The engine's status, or when it is busy for more than a moment (a
+    /// long snapshot, a store that does not answer) or has stopped, its last
+    /// answer. `None` when it never answered.
+    pub async fn engine_status(&self) -> Option<EngineStatus> {
+        if !self.rep.is_finished() {
+            if let Ok(Ok(e)) = tokio::time::timeout(STATUS_WAIT, self.rep.status()).await {
+                self.update(|s| s.last_engine = Some(e.clone()));
+                return Some(e);
+            }
+        }
+        self.state().last_engine
+    }
+
+    /// The engine's own answer, however long it takes; its last one once it
+    /// has stopped.
+    pub async fn fresh_status(&self) -> Option<EngineStatus> {
+        match self.rep.status().await {
+            Ok(e) => {
+                self.update(|s| s.last_engine = Some(e.clone()));
+                Some(e)
+            }
+            Err(_) => self.state().last_engine,
+        }
+    }
+
     /// The engine's status, the monitor's state and the health they give now.
     pub async fn report(&self) -> DbReport {
         let running = !self.rep.is_finished();
-        let answer = match running {
-            true => tokio::time::timeout(STATUS_WAIT, self.rep.status())
-                .await
-                .ok(),
-            false => None,
-        };
-        if let Some(Ok(e)) = answer {
-            self.update(|s| s.last_engine = Some(e));
+        if running {
+            self.engine_status().await;
         }
         let state = self.state();
         let engine = state.last_engine.clone().unwrap_or_default();
@@ -180,6 +215,7 @@ impl DbMonitor {
         );
         DbReport {
             db: self.db.display().to_string(),
+            name: self.name.clone(),
             replica: self.replica.clone(),
             running,
             engine,
@@ -191,13 +227,13 @@ impl DbMonitor {
     /// Restores the latest state into the database's state directory and
     /// proves it; records the outcome.
     pub async fn verify_now(&self, keys: &Keyring) {
-        remove_stale_scratch(&state_dir(&self.db));
+        remove_stale_scratch(&self.work_dir);
         let started = Instant::now();
         let opts = DeepOptions {
             points: 0,
             seed: 0,
             keys: keys.clone(),
-            scratch: Some(state_dir(&self.db)),
+            scratch: Some(self.work_dir.clone()),
         };
         let mut report = VerifyReport::default();
         match deep_verify(&self.store, &opts, &mut report).await {
@@ -205,10 +241,10 @@ impl DbMonitor {
                 let outcome = outcome(&report, checks.first().map(|c| c.txid), started);
                 match outcome.ok {
                     true => {
-                        tracing::info!(db = %self.db.display(), txid = ?outcome.txid, "scheduled verification passed")
+                        tracing::info!(db = %self.db.display(), replica = %self.name, txid = ?outcome.txid, "scheduled verification passed")
                     }
                     false => {
-                        tracing::error!(db = %self.db.display(), problems = ?outcome.problems, "scheduled verification FAILED")
+                        tracing::error!(db = %self.db.display(), replica = %self.name, problems = ?outcome.problems, "scheduled verification FAILED")
                     }
                 }
                 self.update(|s| {
@@ -229,7 +265,8 @@ impl DbMonitor {
 }
 
 /// Scratch directories a killed process left behind. Only the process holding
-/// the database's lock verifies into its state directory, so none is in use.
+/// the database's lock verifies into its state directory, each replica into
+/// its own directory, so none is in use.
 fn remove_stale_scratch(dir: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -308,12 +345,12 @@ pub fn spawn_watcher(
     })
 }
 
-/// Counts deliveries in the monitor of the event's database.
+/// Counts deliveries in the monitor of the event's database and replica.
 pub fn webhook_counter(monitors: Arc<Vec<Arc<DbMonitor>>>) -> crate::webhook::ResultFn {
     Arc::new(move |ev: &crate::webhook::Event, ok: bool| {
         for m in monitors
             .iter()
-            .filter(|m| m.db.display().to_string() == ev.database)
+            .filter(|m| m.db.display().to_string() == ev.database && m.replica == ev.replica)
         {
             m.update(|s| match ok {
                 true => s.webhook_sent_total += 1,

@@ -14,6 +14,9 @@ use crate::wal::WalFile;
 pub struct Status {
     pub database: String,
     pub replica: String,
+    /// The replica's name, when the status comes from a config or a running
+    /// process that names its replicas.
+    pub replica_name: Option<String>,
     /// A `replicate` process holds the database's lock.
     pub replicating: bool,
     /// Last committed txid (shipped plus committed-but-unshipped), when known.
@@ -29,6 +32,10 @@ pub struct Status {
     pub last_snapshot_age_ms: Option<u64>,
     pub window: Option<WindowJson>,
     pub last_error: Option<String>,
+    /// The replica failed past `outage_wal_hold`/`outage_wal_max_mb` and no
+    /// longer holds the WAL (it resumes or starts a new lineage when it
+    /// answers again).
+    pub wal_released: bool,
     /// The running process's last scheduled verification.
     pub last_verification: Option<VerifyOutcome>,
     /// Set by [`Status::assess`].
@@ -90,6 +97,7 @@ pub async fn status(
     let mut s = Status {
         database: db.display().to_string(),
         replica: store.describe(),
+        replica_name: None,
         replicating: ReplicationLock::is_held(db),
         last_committed_txid: None,
         last_shipped_txid: catalog.max_txid(),
@@ -102,6 +110,7 @@ pub async fn status(
         last_snapshot_age_ms: None,
         window: catalog.window().map(Into::into),
         last_error: None,
+        wal_released: false,
         last_verification: None,
         health: None,
     };
@@ -123,6 +132,7 @@ pub async fn status(
             }
         }
         s.last_error = replica_error.or(live.last_error);
+        s.wal_released = live.wal_released;
         return Ok(s);
     }
     if let Some((pending, bytes)) = pending_from_wal(db, store, &catalog).await {

@@ -233,3 +233,76 @@ fn a_merged_segment_beside_its_inputs_verifies_and_restores() {
         );
     }
 }
+
+/// Two replicas of one database compact each their own segments: each keeps
+/// its segment log in its own directory (`replicas/<name>/` in the state
+/// directory), so neither start-up nor a merge touches the other's.
+#[test]
+fn two_replicas_of_one_database_compact_each_their_own() {
+    let env = Env::new();
+    let near = env.subdir("near").display().to_string();
+    let far = env.subdir("far").display().to_string();
+    // Files a killed process would have left: removed at start, in every
+    // replica's directory and at the top level.
+    let state = env.path(".app.db-walstream");
+    for dir in [
+        state.clone(),
+        state.join("replicas/near"),
+        state.join("replicas/far"),
+    ] {
+        std::fs::create_dir_all(&dir).expect("state dir");
+        write_file(&dir.join("compact-00000000deadbeef.log"), b"stale");
+        write_file(&dir.join("snapshot-00000000deadbeef.tmp"), b"stale");
+    }
+    let config = env.path("walstream.toml");
+    let text = format!(
+        "compact_segments = 8\nupload_interval = \"0s\"\nverify_interval = \"off\"\n\
+         [[db]]\npath = \"{}\"\n\
+         [[db.replica]]\nname = \"near\"\nurl = \"{near}\"\n\
+         [[db.replica]]\nname = \"far\"\nurl = \"{far}\"\n",
+        env.db.display(),
+    );
+    std::fs::write(&config, text).expect("writing the config");
+    let mut app = App::create(&env.db);
+    let mut rep = Replicator::spawn_config(&config, &env.path("replicate.log"), &[]);
+    wait_shipped(&env.db, &near, 1);
+    wait_shipped(&env.db, &far, 1);
+    let mut states = vec![(app.digest(), SystemTime::now())];
+    std::thread::sleep(Duration::from_millis(2));
+    for j in 1..=COMMITS {
+        app.commit_random();
+        let digest = app.digest();
+        wait_shipped(&env.db, &near, 1 + j as u64);
+        wait_shipped(&env.db, &far, 1 + j as u64);
+        states.push((digest, SystemTime::now()));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let deadline = Instant::now() + SHIP_TIMEOUT;
+    for replica in [&near, &far] {
+        while segments(&list_json(replica)).len() > COMMITS / 4 {
+            assert!(
+                Instant::now() < deadline,
+                "segments of {replica} were not compacted: {:#}\n{}",
+                list_json(replica),
+                rep.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    rep.stop();
+    for dir in [
+        state.clone(),
+        state.join("replicas/near"),
+        state.join("replicas/far"),
+    ] {
+        let left: Vec<String> = dir_names(&dir)
+            .into_iter()
+            .filter(|n| n.starts_with("compact-") || n.starts_with("snapshot-"))
+            .collect();
+        assert!(left.is_empty(), "{}: {left:?}", dir.display());
+    }
+    for replica in [&near, &far] {
+        // A directory of its own for each replica's restores.
+        check_every_txid_and_time(&Env::new(), replica, &states, &[]);
+    }
+}

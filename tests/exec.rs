@@ -201,3 +201,42 @@ fn storage_backup_table_drives_replicate_and_exec() {
     assert_eq!(out.code(), Some(0), "{}", out.text());
     assert!(!snapshots(&list_json(&env.replica_arg())).is_empty());
 }
+
+/// With several replicas, a missing database is restored from the most
+/// advanced one, whichever is listed first.
+#[test]
+fn restores_a_missing_database_from_the_most_advanced_replica() {
+    let env = Env::new();
+    let (near, far) = (env.subdir("near"), env.subdir("far"));
+    let mut app = App::create(&env.db);
+    app.commit_insert_many(10);
+    let config = env.path("walstream.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "verify_interval = \"off\"\n[[db]]\npath = \"{}\"\n\
+             [[db.replica]]\nname = \"near\"\nurl = \"{}\"\n\
+             [[db.replica]]\nname = \"far\"\nurl = \"{}\"\n",
+            env.db.display(),
+            near.display(),
+            far.display()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    walstream(["replicate", "--config", cfg, "--once"]).assert_success();
+    // Later commits reach only the replica listed second.
+    app.commit_insert_many(7);
+    app.commit_blob("late", 30_000);
+    replicate_once(&env.db, far.to_str().unwrap());
+    let want = app.digest();
+    drop(app);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", env.db.display()));
+    }
+    let out = walstream(["replicate", "--config", cfg, "--exec", "true"]);
+    assert_eq!(out.code(), Some(0), "{}", out.text());
+    out.assert_mentions("restoring from the most advanced replica");
+    out.assert_mentions("replica=far");
+    assert_eq!(digest_file(&env.db), want);
+}

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use walstream::health::Level;
-use walstream::{IntegrityCheck, Replicator, RestoreOptions, Target};
+use walstream::{IntegrityCheck, ObjectStore, Replicator, RestoreOptions, Target};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_replicator_round_trip() {
@@ -162,4 +162,283 @@ async fn sync_ships_at_once_whatever_the_upload_interval() {
     );
     rep.wait_for_txid(shipped).await.expect("already durable");
     rep.shutdown().await.expect("shutdown");
+}
+
+/// A local directory that answers every request with a transient error while
+/// `down` is set, as an unreachable S3 does.
+#[derive(Debug)]
+struct Flaky {
+    inner: walstream::store::LocalStore,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Flaky {
+    fn check(&self, op: &'static str, key: &str) -> Result<(), walstream::store::StoreError> {
+        if !self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        Err(walstream::store::StoreError::Remote(Box::new(
+            walstream::store::RemoteError {
+                store: self.describe(),
+                op,
+                key: key.to_string(),
+                code: "ConnectFailed".into(),
+                message: "the test took the store down".into(),
+                transient: true,
+            },
+        )))
+    }
+}
+
+#[async_trait::async_trait]
+impl walstream::ObjectStore for Flaky {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn put(
+        &self,
+        key: &str,
+        body: bytes::Bytes,
+        mode: walstream::PutMode,
+    ) -> Result<(), walstream::store::StoreError> {
+        self.check("put", key)?;
+        self.inner.put(key, body, mode).await
+    }
+    async fn put_file(
+        &self,
+        key: &str,
+        path: std::path::PathBuf,
+        mode: walstream::PutMode,
+    ) -> Result<(), walstream::store::StoreError> {
+        self.check("put", key)?;
+        self.inner.put_file(key, path, mode).await
+    }
+    async fn get(&self, key: &str) -> Result<bytes::Bytes, walstream::store::StoreError> {
+        self.check("get", key)?;
+        self.inner.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<bytes::Bytes, walstream::store::StoreError> {
+        self.check("get", key)?;
+        self.inner.get_range(key, offset, len).await
+    }
+    async fn get_reader(
+        &self,
+        key: &str,
+    ) -> Result<walstream::store::ObjectReader, walstream::store::StoreError> {
+        self.check("get", key)?;
+        self.inner.get_reader(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<walstream::store::ObjectMeta>, walstream::store::StoreError> {
+        self.check("list", prefix)?;
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), walstream::store::StoreError> {
+        self.check("delete", key)?;
+        self.inner.delete(key).await
+    }
+}
+
+fn flaky(
+    dir: &std::path::Path,
+) -> (
+    std::sync::Arc<Flaky>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = Flaky {
+        inner: walstream::store::LocalStore::new(dir.to_path_buf()),
+        down: std::sync::Arc::clone(&down),
+    };
+    (std::sync::Arc::new(store), down)
+}
+
+/// A replicator of `env.db` to the local replica (named `file`) and to a
+/// flaky one named `offsite`; the offsite store and its switch.
+async fn start_with_flaky(
+    env: &Env,
+    opts: walstream::CaptureOptions,
+) -> (
+    Replicator,
+    std::sync::Arc<dyn walstream::ObjectStore>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let (store, down) = flaky(&env.subdir("offsite"));
+    let offsite: std::sync::Arc<dyn walstream::ObjectStore> = store;
+    let rep = Replicator::builder(&env.db)
+        .replica(env.replica_arg())
+        .store_named("offsite", std::sync::Arc::clone(&offsite))
+        .options(opts)
+        .start()
+        .await
+        .expect("start");
+    (rep, offsite, down)
+}
+
+async fn restore_from(store: &std::sync::Arc<dyn walstream::ObjectStore>, out: &std::path::Path) {
+    let opts = RestoreOptions {
+        output: out.to_path_buf(),
+        target: Target::Latest,
+        force: false,
+        integrity_check: IntegrityCheck::Quick,
+        progress: None,
+        keys: Default::default(),
+    };
+    walstream::restore(store, &opts).await.expect("restore");
+}
+
+/// Two replicas, one of which fails for a while: waiting for a commit never
+/// waits for the failing one, backups and listings carry on with the healthy
+/// one and say what failed, and the failing one catches up when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_failing() {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let env = Env::new();
+    let mut app = App::create(&env.db);
+    let (rep, offsite, down) = start_with_flaky(&env, Default::default()).await;
+    let names: Vec<&str> = rep.replicas().iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["file", "offsite"]);
+    app.commit_insert_one();
+    let txid = rep.committed_txid().await.expect("committed");
+    tokio::time::timeout(Duration::from_secs(10), rep.wait_for_txid(txid))
+        .await
+        .expect("in time")
+        .expect("durable in both");
+    let offsite_rep = rep.replica("offsite").expect("named").rep.clone();
+    assert!(offsite_rep.shipped_txid() >= 2, "both replicas hold it");
+
+    // The offsite store goes down.
+    down.store(true, Ordering::SeqCst);
+    for _ in 0..5 {
+        app.commit_insert_one();
+        let txid = rep.committed_txid().await.expect("committed");
+        // The offsite store stays down: a wait for it would never end.
+        tokio::time::timeout(Duration::from_secs(20), rep.wait_for_txid(txid))
+            .await
+            .expect("the failing replica does not hold the wait up")
+            .expect("durable in the healthy replica");
+    }
+    let committed = rep.committed_txid().await.expect("committed");
+    assert_eq!(
+        rep.sync().await.expect("sync ships to the healthy one"),
+        committed
+    );
+    assert!(offsite_rep.is_failing());
+    let statuses = rep.statuses().await;
+    let file = statuses[0].result.as_ref().expect("file status");
+    assert_eq!(file.replica_name.as_deref(), Some("file"));
+    assert_eq!(file.last_shipped_txid, committed);
+    let off = statuses[1]
+        .result
+        .as_ref()
+        .expect("offsite status (from the engine)");
+    assert!(off.last_error.is_some(), "{off:?}");
+    assert!(off.last_shipped_txid < committed, "{off:?}");
+    let list = rep.list_backups().await.expect("the healthy replica lists");
+    assert!(list.replicas[0].error.is_none() && list.replicas[1].error.is_some());
+    assert_eq!(list.window.as_ref().map(|w| w.max_txid), Some(committed));
+    let key = rep
+        .backup_now()
+        .await
+        .expect("a backup in the healthy replica");
+    let each = rep.backup_now_each().await;
+    assert!(each[0].result.is_ok() && each[1].result.is_err());
+    assert!(key.starts_with("snapshots/"));
+    assert_eq!(rep.health_all().await.len(), 2);
+
+    // Back: it catches up, and waits cover it again.
+    down.store(false, Ordering::SeqCst);
+    app.commit_blob("after", 50_000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = offsite_rep.status().await.expect("status");
+        if s.last_error.is_none() || s.pending_commits == 0 && s.last_shipped_txid > 2 {
+            let file = rep.replication().shipped_txid();
+            if offsite_rep.shipped_txid() + 1 >= file && s.pending_commits == 0 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "never caught up: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let txid = rep.committed_txid().await.expect("committed");
+    rep.wait_for_txid(txid).await.expect("durable");
+    rep.shutdown().await.expect("shutdown");
+
+    let want = app.digest();
+    let out = env.path("from-file.db");
+    restore_from(rep.store(), &out).await;
+    assert_eq!(digest_file(&out), want);
+    let out = env.path("from-offsite.db");
+    restore_from(&offsite, &out).await;
+    assert_eq!(digest_file(&out), want);
+}
+
+/// With `outage_wal_hold`, a replica failing longer lets go of the WAL, so
+/// the healthy replica's checkpoints keep it small; the failing one starts a
+/// new lineage when it returns, and still restores to the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_failing_too_long_lets_go_of_the_wal() {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let env = Env::new();
+    let mut app = App::create(&env.db);
+    let opts = walstream::CaptureOptions {
+        checkpoint_pages: 64,
+        outage_wal_hold: Some(Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let (rep, offsite, down) = start_with_flaky(&env, opts).await;
+    let offsite_rep = rep.replica("offsite").expect("named").rep.clone();
+    down.store(true, Ordering::SeqCst);
+    app.commit_insert_one();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !offsite_rep.status().await.expect("status").wal_released {
+        assert!(Instant::now() < deadline, "the WAL was never let go");
+        app.commit_insert_one();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // 8 MB more, each blob shipped to the healthy replica before the next.
+    let wal = walstream::capture::wal_path(&env.db);
+    for i in 0..80 {
+        app.commit_blob(&format!("b{i}"), 100_000);
+        rep.sync().await.expect("sync");
+    }
+    let wal_size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+    assert!(
+        wal_size < 4 << 20,
+        "the healthy replica's checkpoints keep the WAL small: {wal_size} bytes"
+    );
+
+    down.store(false, Ordering::SeqCst);
+    let want = app.digest();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = offsite_rep.status().await.expect("status");
+        if !s.wal_released && !offsite_rep.is_failing() && s.pending_commits == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never came back: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rep.shutdown().await.expect("shutdown");
+    let out = env.path("from-offsite.db");
+    restore_from(&offsite, &out).await;
+    assert_eq!(digest_file(&out), want);
+    let catalog = walstream::Catalog::load(&offsite).await.expect("catalog");
+    let lineages: std::collections::BTreeSet<u64> =
+        catalog.snapshots.iter().map(|s| s.lineage).collect();
+    assert_eq!(
+        lineages.len(),
+        2,
+        "continuity could not be proven: a new lineage"
+    );
 }

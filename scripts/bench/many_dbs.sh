@@ -6,14 +6,21 @@
 #
 #   scripts/bench/many_dbs.sh              # N = 1, 10, 100
 #   scripts/bench/many_dbs.sh 1 50 200     # other counts
+#   REPLICAS=2 scripts/bench/many_dbs.sh   # each database to two directories
 #
+# BIN=path/to/walstream uses that binary instead of building a release one.
 # Prints a markdown table on stdout; progress on stderr.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 counts=("$@")
 [ ${#counts[@]} -gt 0 ] || counts=(1 10 100)
-cargo build --release --bin walstream >&2
-bin="$PWD/target/release/walstream"
+replicas="${REPLICAS:-1}"
+if [ -n "${BIN:-}" ]; then
+    bin="$BIN"
+else
+    cargo build --release --bin walstream >&2
+    bin="$PWD/target/release/walstream"
+fi
 work="$(mktemp -d)"
 trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -21,9 +28,9 @@ trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 make_dbs() {
     local n="$1" dir="$2"
     mkdir -p "$dir"
-    python3 - "$n" "$dir" <<'PY'
+    python3 - "$n" "$dir" "$replicas" <<'PY'
 import sqlite3, sys
-n, d = int(sys.argv[1]), sys.argv[2]
+n, d, r = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 with open(f"{d}/walstream.toml", "w") as cfg:
     for i in range(n):
         c = sqlite3.connect(f"{d}/db{i}.db", isolation_level=None)
@@ -31,13 +38,15 @@ with open(f"{d}/walstream.toml", "w") as cfg:
         c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
         c.execute("INSERT INTO t(v) VALUES ('hello')")
         c.close()
-        cfg.write(f'[[db]]\npath = "{d}/db{i}.db"\n[[db.replica]]\nurl = "{d}/replica{i}"\n')
+        cfg.write(f'[[db]]\npath = "{d}/db{i}.db"\n')
+        for j in range(r):
+            cfg.write(f'[[db.replica]]\nname = "r{j}"\nurl = "{d}/replica{i}-{j}"\n')
 PY
 }
 
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 
-echo "| databases | RSS idle | peak RSS | threads | open fds |"
+echo "| databases ($replicas replica(s) each) | RSS idle | peak RSS | threads | open fds |"
 echo "|---:|---:|---:|---:|---:|"
 for n in "${counts[@]}"; do
     dir="$work/n$n"
@@ -45,7 +54,7 @@ for n in "${counts[@]}"; do
     WALSTREAM_LOG=warn "$bin" replicate --config "$dir/walstream.toml" 2>"$dir/replicate.log" &
     pid=$!
     # Start-up is over once every replica holds its first snapshot.
-    until [ "$(find "$dir" -path '*/snapshots/*.wsnap' | wc -l)" -ge "$n" ]; do
+    until [ "$(find "$dir" -path '*/snapshots/*.wsnap' | wc -l)" -ge "$((n * replicas))" ]; do
         kill -0 "$pid" || { cat "$dir/replicate.log" >&2; exit 1; }
         sleep 0.2
     done

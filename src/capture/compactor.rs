@@ -96,6 +96,7 @@ impl Drop for SegmentLog {
 pub(crate) struct CompactorContext {
     pub store: Arc<dyn ObjectStore>,
     pub rt: Handle,
+    /// The replica's own directory for its logs and spools.
     pub state_dir: PathBuf,
     pub key: Option<Key>,
     /// Hand a log over once it holds this many segments.
@@ -113,7 +114,7 @@ pub(crate) struct Compactor {
 
 impl Compactor {
     pub(crate) fn start(ctx: CompactorContext) -> Compactor {
-        remove_stale_logs(&ctx.state_dir);
+        super::lock::remove_stale_spools(&ctx.state_dir);
         let (tx, rx) = sync_channel::<SegmentLog>(1);
         let busy = Arc::new(AtomicBool::new(false));
         let (ctx2, busy2) = (ctx.clone(), Arc::clone(&busy));
@@ -210,18 +211,6 @@ impl Compactor {
 impl Drop for Compactor {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-fn remove_stale_logs(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("compact-") && (name.ends_with(".log") || name.ends_with(".tmp")) {
-            let _ = std::fs::remove_file(e.path());
-        }
     }
 }
 

@@ -1,7 +1,11 @@
 //! One replicator per database: an exclusive advisory lock on a file in the
 //! database's state directory (`.<name>-walstream/` beside it). walstream writes
-//! nothing into the database itself; this directory holds only the lock and the
-//! control socket of the running process.
+//! nothing into the database itself; this directory holds the lock, the
+//! control socket of the running process, the owner id of the replica leases,
+//! and transient files (snapshot and compaction spools, verification scratch).
+//! With several replicas each keeps its transient files in a directory of its
+//! own, `replicas/<name>/` (see [`work_dir`]); one process still replicates
+//! the database to all of them under the one lock.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -18,6 +22,36 @@ pub fn state_dir(db_path: &Path) -> PathBuf {
         .parent()
         .unwrap_or_else(|| Path::new("."))
         .join(format!(".{name}-walstream"))
+}
+
+/// Where the replica `name` of a database keeps its transient files: the
+/// state directory itself when the database has one replica (the layout of
+/// single-replica versions), else `replicas/<name>/` in it.
+pub fn work_dir(db_path: &Path, name: &str, replicas: usize) -> PathBuf {
+    match replicas {
+        0 | 1 => state_dir(db_path),
+        _ => state_dir(db_path).join("replicas").join(name),
+    }
+}
+
+/// Removes the transient files a killed process left in `dir` (snapshot and
+/// compaction spools, segment logs). Only the holder of the database's lock
+/// writes them, and each replica only in its own directory.
+pub(crate) fn remove_stale_spools(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let spool = ["snapshot-", "compact-", "segment-"]
+            .iter()
+            .any(|k| name.starts_with(k))
+            && name.ends_with(".tmp");
+        let log = name.starts_with("compact-") && name.ends_with(".log");
+        if spool || log {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Held for as long as a replication of the database runs.

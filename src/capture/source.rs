@@ -66,6 +66,40 @@ pub fn wal_path(db: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The database file descriptors of one database's replications in this
+/// process. POSIX drops every lock a process holds on a file when *any* of
+/// its descriptors of that file is closed: a replication closing its own read
+/// handle would silently release the SQLite locks the other replications of
+/// the same database hold (their pins), and the application's last connection
+/// could then checkpoint and delete the WAL under them. So the handles are
+/// shared, and one is closed only once no replication uses it and the path
+/// names another file (the database was replaced).
+#[derive(Debug, Default)]
+pub struct DbFiles {
+    open: std::sync::Mutex<Vec<(FileId, Arc<File>)>>,
+}
+
+impl DbFiles {
+    /// A read handle on the file `path` names now.
+    pub fn open(&self, path: &Path) -> std::io::Result<Arc<File>> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = file_id(path)? {
+            if let Some((_, f)) = open.iter().find(|(i, _)| *i == id) {
+                return Ok(Arc::clone(f));
+            }
+        }
+        let file = Arc::new(File::open(path)?);
+        let m = file.metadata()?;
+        let id = FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        };
+        open.retain(|(i, f)| *i == id || Arc::strong_count(f) > 1);
+        open.push((id, Arc::clone(&file)));
+        Ok(file)
+    }
+}
+
 #[derive(Debug)]
 pub struct Source {
     pub db_path: PathBuf,
@@ -75,25 +109,33 @@ pub struct Source {
     lock: Connection,
     pinned: bool,
     locked: bool,
-    /// Read handle on the database file, declared last so it closes after the
-    /// connections. POSIX drops every lock a process holds on a file when *any*
-    /// descriptor of that file is closed: opening and closing the database file
-    /// anew would silently release SQLite's own locks, and the application's
-    /// last connection could then checkpoint and delete the WAL under the pin.
+    /// Read handle on the database file, declared last so it is let go after
+    /// the connections. POSIX drops every lock a process holds on a file when
+    /// *any* descriptor of that file is closed: opening and closing the
+    /// database file anew would silently release SQLite's own locks, and the
+    /// application's last connection could then checkpoint and delete the WAL
+    /// under the pin. Shared through [`DbFiles`], which closes it.
     db_file: Arc<File>,
 }
 
 impl Source {
-    /// Opens both connections and checks the database is usable.
-    pub fn open(db_path: &Path, busy_timeout: Duration) -> Result<Source, CaptureError> {
+    /// Opens both connections and checks the database is usable. `files`
+    /// holds the database file handles of every replication of this database.
+    pub fn open(
+        db_path: &Path,
+        busy_timeout: Duration,
+        files: &DbFiles,
+    ) -> Result<Source, CaptureError> {
         check_sqlite_version()?;
         let db_id = database_id(db_path)?;
         // Opened first, so a file walstream may not read is reported as such
         // rather than as SQLite's "unable to open database file".
-        let db_file = File::open(db_path).map_err(|source| CaptureError::DatabaseAccess {
-            path: db_path.to_path_buf(),
-            source,
-        })?;
+        let db_file = files
+            .open(db_path)
+            .map_err(|source| CaptureError::DatabaseAccess {
+                path: db_path.to_path_buf(),
+                source,
+            })?;
         let pin = open_connection(db_path, busy_timeout)?;
         check_database(db_path, &pin)?;
         let lock = open_connection(db_path, busy_timeout)?;
@@ -107,7 +149,7 @@ impl Source {
             lock,
             pinned: false,
             locked: false,
-            db_file: Arc::new(db_file),
+            db_file,
         })
     }
 
@@ -165,6 +207,11 @@ impl Source {
 
     pub fn is_locked(&self) -> bool {
         self.locked
+    }
+
+    /// Whether the pin's read transaction is open.
+    pub fn is_pinned(&self) -> bool {
+        self.pinned
     }
 
     pub fn unlock_writers(&mut self) -> Result<(), CaptureError> {

@@ -35,9 +35,10 @@ struct GateState {
 }
 
 impl WakeGate {
-    /// Watcher side: sends a wake-up unless one is already waiting, then holds
-    /// the calling thread until the engine took it (or `MAX_HOLD` passed).
-    pub(crate) fn wake(&self, tx: &SyncSender<Command>) {
+    /// Watcher side: sends a wake-up unless one is already waiting, then, with
+    /// `hold`, holds the calling thread until the engine took it (or
+    /// `MAX_HOLD` passed).
+    pub(crate) fn wake(&self, tx: &SyncSender<Command>, hold: bool) {
         let Ok(mut state) = self.state.lock() else {
             let _ = tx.try_send(Command::Wake);
             return;
@@ -48,6 +49,9 @@ impl WakeGate {
         // A full queue already holds a wake-up; nothing to wait for then.
         if !state.pending && tx.try_send(Command::Wake).is_ok() {
             state.pending = true;
+        }
+        if !hold {
+            return;
         }
         let _ = self
             .taken
@@ -93,7 +97,7 @@ mod tests {
         n: usize,
     ) -> std::thread::JoinHandle<()> {
         let (g, t) = (Arc::clone(gate), tx.clone());
-        std::thread::spawn(move || (0..n).for_each(|_| g.wake(&t)))
+        std::thread::spawn(move || (0..n).for_each(|_| g.wake(&t, true)))
     }
 
     fn expect_wake(rx: &std::sync::mpsc::Receiver<Command>) {
@@ -121,6 +125,21 @@ mod tests {
         expect_wake(&rx);
         gate.taken();
         third.join().unwrap();
+    }
+
+    #[test]
+    fn without_hold_the_watcher_goes_on_and_still_sends_one_wake_up() {
+        let gate = WakeGate::default();
+        let (tx, rx) = sync_channel(8);
+        // Returns at once (the test would hang for MAX_HOLD per call otherwise
+        // and the second call would still find the first wake-up pending).
+        gate.wake(&tx, false);
+        gate.wake(&tx, false);
+        expect_wake(&rx);
+        assert!(rx.try_recv().is_err(), "one wake-up while one waits");
+        gate.taken();
+        gate.wake(&tx, false);
+        expect_wake(&rx);
     }
 
     #[test]

@@ -9,16 +9,17 @@
 //! Use `--exec "sh -c '…'"` for shell features.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
 use std::process::{ExitCode, ExitStatus};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use walstream::monitor::MonitorConfig;
-use walstream::{CaptureOptions, Keyring, ReplicaUrl};
+use walstream::restore::choose::Candidate;
+use walstream::{CaptureOptions, Keyring};
 
 use super::running::Running;
+use super::DbTarget;
 
 /// The signals passed on to the child.
 struct Forwarded {
@@ -47,7 +48,7 @@ impl Forwarded {
 
 pub async fn run(
     command: &str,
-    dbs: Vec<(PathBuf, ReplicaUrl)>,
+    dbs: Vec<DbTarget>,
     opts: CaptureOptions,
     monitor: MonitorConfig,
     keys: Keyring,
@@ -56,10 +57,25 @@ pub async fn run(
     // Installed first: a signal during restore or start-up reaches the child
     // as soon as it runs.
     let mut signals = Forwarded::install()?;
-    for (db, url) in &dbs {
-        walstream::replicator::restore_if_missing(db, &url.open()?, &keys)
+    for (db, replicas) in &dbs {
+        let mut candidates = Vec::new();
+        for r in replicas {
+            candidates.push(Candidate {
+                name: r.name.clone(),
+                store: r.url.open()?,
+            });
+        }
+        let urls: Vec<String> = replicas.iter().map(|r| r.url.to_string()).collect();
+        // From the most advanced replica when there are several.
+        walstream::replicator::restore_if_missing_from(db, &candidates, &keys)
             .await
-            .with_context(|| format!("restoring the missing {} from {url}", db.display()))?;
+            .with_context(|| {
+                format!(
+                    "restoring the missing {} from {}",
+                    db.display(),
+                    urls.join(" or ")
+                )
+            })?;
     }
     let running = match dbs.is_empty() {
         true => None,

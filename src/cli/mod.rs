@@ -14,8 +14,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 
-use walstream::config::Config;
+use std::sync::Arc;
+
+use walstream::capture::ReplicaSpec;
+use walstream::config::{Config, ReplicaConfig};
 use walstream::control;
+use walstream::restore::choose::{self, Candidate};
 use walstream::{CaptureOptions, IntegrityCheck, ReplicaUrl, RestoreOptions, Target};
 
 #[derive(Parser, Debug)]
@@ -76,7 +80,16 @@ enum Command {
     },
     /// Restore a database from a replica (latest, or to a txid or time).
     Restore {
-        replica: Option<String>,
+        #[arg(value_name = "REPLICA_URL")]
+        replica_url: Option<String>,
+        /// With --config: restore from the replica of this name (default:
+        /// the most advanced of the database's replicas).
+        #[arg(long = "replica", value_name = "NAME", conflicts_with = "replica_url")]
+        replica_name: Option<String>,
+        /// With --config: the [[db]] to restore (default: the one -o names,
+        /// else the first).
+        #[arg(long = "db", value_name = "PATH", requires = "config")]
+        db_path: Option<PathBuf>,
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
         /// RFC 3339 time: the state after every transaction recorded at or before it.
@@ -267,23 +280,15 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             if once {
-                for (db, url) in dbs {
-                    walstream::replicate_once(
-                        &db,
-                        url.open()?,
-                        with_store_defaults(&opts, &url),
-                        false,
-                    )
-                    .await
-                    .with_context(|| format!("replicating {}", db.display()))?;
-                }
-                return Ok(ExitCode::SUCCESS);
+                return replicate_once(dbs, &opts).await;
             }
             let monitor = monitor_with(t.monitor, metrics_addr)?;
             replicate(dbs, opts, monitor, t.keys).await
         }
         Command::Restore {
-            replica,
+            replica_url,
+            replica_name,
+            db_path,
             output,
             timestamp,
             txid,
@@ -295,7 +300,17 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             config,
             no_expand_env,
         } => {
-            let (out, url, keys) = restore_paths(replica, output, config, !no_expand_env)?;
+            let source = RestoreSource {
+                url: replica_url,
+                name: replica_name,
+                db: db_path,
+                output,
+                config,
+                expand: !no_expand_env,
+            };
+            let Some((out, store, keys)) = restore_paths(source, if_replica_exists).await? else {
+                return Ok(ExitCode::SUCCESS);
+            };
             let target = match (timestamp, txid) {
                 (Some(t), _) => Target::Time(parse_time(&t)?),
                 (None, Some(n)) => Target::Txid(n),
@@ -319,12 +334,15 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 progress: None,
                 keys,
             };
-            output::restore(&url.open()?, opts, flags).await
+            output::restore(&store, opts, flags).await
         }
         Command::Snapshot { db, replica } => {
             let url = ReplicaUrl::parse(&replica)?;
             let key = if walstream::capture::ReplicationLock::is_held(&db) {
-                let reply = control::request(&db, &control::Request::Snapshot)
+                let req = control::Request::Snapshot {
+                    replica: Some(replica.clone()),
+                };
+                let reply = control::request(&db, &req)
                     .await
                     .context("asking the running replicate for a snapshot")?;
                 reply
@@ -393,7 +411,11 @@ async fn run(cmd: Command) -> Result<ExitCode> {
             };
             let urls = match (replica, cfg) {
                 (Some(r), _) => vec![ReplicaUrl::parse(&r)?],
-                (None, Some(c)) => c.dbs.into_iter().map(|d| d.replica).collect(),
+                (None, Some(c)) => c
+                    .dbs
+                    .into_iter()
+                    .flat_map(|d| d.replicas.into_iter().map(|r| r.url))
+                    .collect(),
                 (None, None) => bail!("missing REPLICA_URL (or --config FILE)"),
             };
             for url in urls {
@@ -429,16 +451,28 @@ async fn run(cmd: Command) -> Result<ExitCode> {
                 };
                 let thresholds = cfg.as_ref().map(|c| c.monitor.thresholds);
                 let (targets, many) = match (db, replica, cfg) {
-                    (Some(db), Some(r), _) => (vec![(db, ReplicaUrl::parse(&r)?)], false),
+                    (Some(db), Some(r), _) => (vec![(db, None, ReplicaUrl::parse(&r)?)], false),
                     (None, None, Some(c)) => (
-                        c.dbs.into_iter().map(|d| (d.path, d.replica)).collect(),
+                        c.dbs
+                            .into_iter()
+                            .flat_map(|d| {
+                                let path = d.path;
+                                d.replicas
+                                    .into_iter()
+                                    .map(move |r| (path.clone(), Some(r.name), r.url))
+                            })
+                            .collect(),
                         true,
                     ),
                     _ => bail!("give DB_PATH REPLICA_URL, or --config FILE for all its databases"),
                 };
                 let mut opened = Vec::new();
-                for (db, url) in targets {
-                    opened.push((std::path::absolute(&db)?, url.open()?));
+                for (db, name, url) in targets {
+                    opened.push(output::StatusTarget {
+                        db: std::path::absolute(&db)?,
+                        name,
+                        store: url.open()?,
+                    });
                 }
                 let flags = output::StatusFlags { json, many };
                 output::status(&opened, flags, &thresholds.unwrap_or_default()).await
@@ -452,9 +486,12 @@ async fn run(cmd: Command) -> Result<ExitCode> {
     }
 }
 
+/// A database and its replicas.
+pub(crate) type DbTarget = (PathBuf, Vec<ReplicaConfig>);
+
 /// What `replicate` runs: databases, capture options, monitoring, keys.
 struct Targets {
-    dbs: Vec<(PathBuf, ReplicaUrl)>,
+    dbs: Vec<DbTarget>,
     opts: CaptureOptions,
     monitor: walstream::monitor::MonitorConfig,
     keys: walstream::Keyring,
@@ -470,8 +507,9 @@ fn targets(
     match (db, replica, config) {
         (Some(db), Some(r), None) => {
             let keys = keys::settings(None)?;
+            let url = ReplicaUrl::parse(&r)?;
             Ok(Targets {
-                dbs: vec![(db, ReplicaUrl::parse(&r)?)],
+                dbs: vec![(db, vec![ReplicaConfig::unnamed(&r, url)])],
                 opts: CaptureOptions {
                     encryption: keys.encrypt_with,
                     ..CaptureOptions::default()
@@ -493,7 +531,7 @@ fn targets(
             }
             let keys = keys::settings(Some(&c))?;
             Ok(Targets {
-                dbs: c.dbs.into_iter().map(|d| (d.path, d.replica)).collect(),
+                dbs: c.dbs.into_iter().map(|d| (d.path, d.replicas)).collect(),
                 opts: CaptureOptions {
                     encryption: keys.encrypt_with,
                     ..c.capture
@@ -509,27 +547,110 @@ fn targets(
     }
 }
 
-fn restore_paths(
-    replica: Option<String>,
+/// Where `restore` reads from and writes to, as given.
+struct RestoreSource {
+    url: Option<String>,
+    name: Option<String>,
+    db: Option<PathBuf>,
     output: Option<PathBuf>,
     config: Option<PathBuf>,
     expand: bool,
-) -> Result<(PathBuf, ReplicaUrl, walstream::crypto::Keyring)> {
-    let config = match &config {
-        Some(path) => Some(Config::load(path, expand)?),
+}
+
+/// The output, the replica's store and the keys of a restore. With a config
+/// and no REPLICA_URL: the database `--db` or `-o` names (else the config's first),
+/// from its replica `--replica NAME`, else its most advanced replica (said on
+/// stderr). `None`: every replica is empty and `--if-replica-exists` was given.
+async fn restore_paths(
+    src: RestoreSource,
+    if_replica_exists: bool,
+) -> Result<Option<(PathBuf, Arc<dyn walstream::ObjectStore>, walstream::Keyring)>> {
+    let config = match &src.config {
+        Some(path) => Some(Config::load(path, src.expand)?),
         None => None,
     };
     let keys = keys::settings(config.as_ref())?.keyring;
-    let from_config = config.and_then(|c| c.dbs.into_iter().next());
-    let out = output
+    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or(p.to_path_buf());
+    let from_config = match config {
+        None => None,
+        Some(c) => {
+            let find = |p: &PathBuf| c.dbs.iter().position(|d| abs(&d.path) == abs(p));
+            let i = match &src.db {
+                Some(db) => Some(find(db).ok_or_else(|| {
+                    let dbs: Vec<String> =
+                        c.dbs.iter().map(|d| d.path.display().to_string()).collect();
+                    anyhow!(
+                        "--db {}: the config lists no such database (it lists {})",
+                        db.display(),
+                        dbs.join(", ")
+                    )
+                })?),
+                None => src.output.as_ref().and_then(find),
+            };
+            c.dbs.into_iter().nth(i.unwrap_or(0))
+        }
+    };
+    let out = src
+        .output
         .or_else(|| from_config.as_ref().map(|d| d.path.clone()))
         .ok_or_else(|| anyhow!("missing -o OUT (the file to restore into)"))?;
-    let url = match (replica, from_config) {
-        (Some(r), _) => ReplicaUrl::parse(&r)?,
-        (None, Some(d)) => d.replica,
-        (None, None) => bail!("missing REPLICA_URL"),
+    if let Some(r) = src.url {
+        return Ok(Some((out, ReplicaUrl::parse(&r)?.open()?, keys)));
+    }
+    let Some(db) = from_config else {
+        if src.name.is_some() {
+            bail!("--replica NAME picks one of a config's replicas: add --config FILE");
+        }
+        bail!("missing REPLICA_URL");
     };
-    Ok((out, url, keys))
+    let mut candidates = Vec::new();
+    for r in &db.replicas {
+        candidates.push(Candidate {
+            name: r.name.clone(),
+            store: r.url.open()?,
+        });
+    }
+    if let Some(name) = &src.name {
+        let c = choose::by_name(&candidates, name)
+            .map_err(|e| anyhow!("{}: {e}", db.path.display()))?;
+        return Ok(Some((out, Arc::clone(&c.store), keys)));
+    }
+    if let [one] = candidates.as_slice() {
+        return Ok(Some((out, Arc::clone(&one.store), keys)));
+    }
+    let survey = choose::most_advanced(&candidates).await;
+    for note in survey.notes() {
+        eprintln!("warning: {note}");
+    }
+    let reaches: Vec<String> = candidates
+        .iter()
+        .zip(&survey.reaches)
+        .filter_map(|(c, r)| match r {
+            Ok(Some(r)) => Some(format!(
+                "{} up to txid {} at {}",
+                c.name,
+                r.window.max_txid,
+                walstream::restore::format_time(r.window.max_time_ms)
+            )),
+            _ => None,
+        })
+        .collect();
+    match survey.into_chosen(&candidates) {
+        Ok(i) => {
+            eprintln!(
+                "restoring from replica {} ({}), the most advanced of: {}",
+                candidates[i].name,
+                candidates[i].store.describe(),
+                reaches.join("; ")
+            );
+            Ok(Some((out, Arc::clone(&candidates[i].store), keys)))
+        }
+        Err(walstream::RestoreError::EmptyReplica { replica }) if if_replica_exists => {
+            eprintln!("replicas {replica} are empty; nothing restored (--if-replica-exists)");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The config's monitoring with `--metrics-addr` applied.
@@ -546,12 +667,51 @@ fn monitor_with(
     Ok(monitor)
 }
 
-/// Options with the replica's defaults filled in where the config set none.
-fn with_store_defaults(opts: &CaptureOptions, url: &ReplicaUrl) -> CaptureOptions {
+/// Options with the replica's own settings, and its store's defaults where
+/// the config set none.
+fn with_store_defaults(opts: &CaptureOptions, r: &ReplicaConfig) -> CaptureOptions {
     let mut o = opts.clone();
+    o.upload_interval = r.upload_interval.or(o.upload_interval);
     o.upload_interval
-        .get_or_insert_with(|| url.default_upload_interval());
+        .get_or_insert_with(|| r.url.default_upload_interval());
     o
+}
+
+/// The replica specs of one database.
+fn specs(replicas: &[ReplicaConfig], opts: &CaptureOptions) -> Result<Vec<ReplicaSpec>> {
+    let mut out = Vec::new();
+    for r in replicas {
+        out.push(ReplicaSpec {
+            name: r.name.clone(),
+            store: r.url.open()?,
+            opts: with_store_defaults(opts, r),
+        });
+    }
+    Ok(out)
+}
+
+/// `replicate --once`: every database, each to all its replicas at the same
+/// time; a replica that fails does not stop the others (exit 1 at the end).
+async fn replicate_once(dbs: Vec<DbTarget>, opts: &CaptureOptions) -> Result<ExitCode> {
+    let mut failed = 0;
+    for (db, replicas) in dbs {
+        let names: Vec<String> = replicas.iter().map(|r| r.url.to_string()).collect();
+        let results = walstream::capture::replicate_all_once(&db, specs(&replicas, opts)?, false)
+            .await
+            .with_context(|| format!("replicating {}", db.display()))?;
+        for (r, url) in results.into_iter().zip(names) {
+            if let Err(e) = r {
+                let e = anyhow::Error::from(e)
+                    .context(format!("replicating {} to {url}", db.display()));
+                eprintln!("error: {}", output::error_chain(&e));
+                failed += 1;
+            }
+        }
+    }
+    Ok(match failed {
+        0 => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
 }
 
 fn parse_time(s: &str) -> Result<i64> {
@@ -562,7 +722,7 @@ fn parse_time(s: &str) -> Result<i64> {
 }
 
 async fn replicate(
-    dbs: Vec<(PathBuf, ReplicaUrl)>,
+    dbs: Vec<DbTarget>,
     opts: CaptureOptions,
     monitor: walstream::monitor::MonitorConfig,
     keys: walstream::Keyring,

@@ -294,26 +294,59 @@ fn print_key_usage(report: &walstream::VerifyReport) {
 
 pub struct StatusFlags {
     pub json: bool,
-    /// Several databases (from a config): JSON is an array, text is separated.
+    /// Several databases or replicas (from a config): JSON is an array, text
+    /// is separated.
     pub many: bool,
+}
+
+/// One replica of one database to report on.
+pub struct StatusTarget {
+    pub db: std::path::PathBuf,
+    /// The replica's name in the config.
+    pub name: Option<String>,
+    pub store: Arc<dyn ObjectStore>,
 }
 
 /// Exit code: the worst health level, 3 when some status could not be told.
 pub async fn status(
-    targets: &[(std::path::PathBuf, Arc<dyn ObjectStore>)],
+    targets: &[StatusTarget],
     flags: StatusFlags,
     thresholds: &walstream::health::Thresholds,
 ) -> Result<ExitCode> {
     let mut worst = 0u8;
     let mut all = Vec::new();
-    for (db, store) in targets {
-        match status_of(db, store, thresholds).await {
+    // The running process of each database, asked once.
+    let mut live: Vec<(&Path, Option<Vec<walstream::control::Live>>)> = Vec::new();
+    for t in targets {
+        if !live.iter().any(|(db, _)| *db == t.db.as_path()) {
+            // One replica asked about: only it answers (a busy one elsewhere
+            // does not hold up the reply).
+            let only = match targets.len() {
+                1 => Some(t.store.describe()),
+                _ => None,
+            };
+            live.push((
+                &t.db,
+                walstream::control::live(&t.db, only.as_deref()).await,
+            ));
+        }
+    }
+    for t in targets {
+        let running = live
+            .iter()
+            .find(|(db, _)| *db == t.db.as_path())
+            .and_then(|(_, l)| l.as_deref());
+        match status_of(t, running, thresholds).await {
             Ok(s) => {
                 worst = worst.max(s.health.as_ref().map_or(3, |h| h.level.exit_code()));
                 all.push(s);
             }
             Err(e) if flags.many => {
-                eprintln!("error: {}: {}", db.display(), error_chain(&e));
+                let name = t
+                    .name
+                    .as_deref()
+                    .map_or(String::new(), |n| format!(" replica {n}"));
+                eprintln!("error: {}{name}: {}", t.db.display(), error_chain(&e));
                 worst = 3;
             }
             Err(e) => return Err(e),
@@ -338,13 +371,18 @@ pub async fn status(
 }
 
 async fn status_of(
-    db: &Path,
-    store: &Arc<dyn ObjectStore>,
+    t: &StatusTarget,
+    running: Option<&[walstream::control::Live]>,
     thresholds: &walstream::health::Thresholds,
 ) -> Result<walstream::status::Status> {
-    let live = walstream::control::live(db).await;
-    let verification = live.as_ref().and_then(|l| l.verification.clone());
-    let mut s = walstream::status::status(db, store, live.map(|l| l.engine)).await?;
+    let live = running
+        .and_then(|all| walstream::control::live_for(all, &t.store.describe(), t.name.as_deref()));
+    let verification = live.and_then(|l| l.verification.clone());
+    let mut s = walstream::status::status(&t.db, &t.store, live.map(|l| l.engine.clone())).await?;
+    s.replica_name = t
+        .name
+        .clone()
+        .or_else(|| live.map(|l| l.name.clone()).filter(|n| !n.is_empty()));
     s.last_verification = verification;
     s.assess(chrono::Utc::now().timestamp_millis(), thresholds);
     Ok(s)
@@ -365,7 +403,10 @@ fn print_status(s: &walstream::status::Status) {
         }
     }
     println!("database:            {}", s.database);
-    println!("replica:             {}", s.replica);
+    match &s.replica_name {
+        Some(name) => println!("replica:             {name} ({})", s.replica),
+        None => println!("replica:             {}", s.replica),
+    }
     println!(
         "replicating:         {}",
         if s.replicating { "yes" } else { "no" }
@@ -412,5 +453,8 @@ fn print_status(s: &walstream::status::Status) {
     }
     if let Some(e) = &s.last_error {
         println!("last error:          {e}");
+    }
+    if s.wal_released {
+        println!("WAL released:        yes (failing too long: no longer holding the WAL for this replica)");
     }
 }

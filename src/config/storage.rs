@@ -116,3 +116,12 @@ pub fn interval(b: &BackupSection) -> Result<Option<std::time::Duration>, Mistak
 pub fn key_path(k: &'static str) -> Vec<Seg> {
     key(k)
 }
+
+/// The name of the section's replica: its URL's scheme, as for `[[db.replica]]`.
+pub fn replica_name(b: &BackupSection, cloudflare: bool) -> &'static str {
+    match (&b.url, cloudflare) {
+        (Some(url), _) => super::default_name(url),
+        (None, true) => "r2",
+        (None, false) => "s3",
+    }
+}

@@ -38,7 +38,7 @@ fn the_seed_snippet_works_as_written() {
         c.dbs.is_empty(),
         "no database named: the application gives it"
     );
-    let Some(ReplicaUrl::S3(s3)) = &c.backup_replica else {
+    let Some(ReplicaUrl::S3(s3)) = c.backup_replica.as_ref().map(|r| &r.url) else {
         panic!("a bucket with [cloudflare] is an R2 replica: {c:?}")
     };
     assert_eq!(s3.bucket, "my-backups");
@@ -61,7 +61,7 @@ fn the_seed_snippet_works_as_written() {
     let c = Config::parse(Path::new("app.toml"), &with_db, true).unwrap();
     assert_eq!(c.dbs.len(), 1);
     assert_eq!(c.dbs[0].path, PathBuf::from("/var/lib/app/app.db"));
-    let ReplicaUrl::S3(s3) = &c.dbs[0].replica else {
+    let ReplicaUrl::S3(s3) = &c.dbs[0].replicas[0].url else {
         panic!("R2")
     };
     assert_eq!(
@@ -74,7 +74,7 @@ fn the_seed_snippet_works_as_written() {
 fn storage_backup_without_cloudflare_is_s3_and_disabled_means_nothing() {
     let text = "[storage.backup]\nbucket = \"b\"\nprefix = \"p/\"\ndatabase = \"/d/a.db\"\n";
     let c = Config::parse(Path::new("t"), text, false).unwrap();
-    let ReplicaUrl::S3(s3) = &c.dbs[0].replica else {
+    let ReplicaUrl::S3(s3) = &c.dbs[0].replicas[0].url else {
         panic!("S3")
     };
     assert_eq!((s3.bucket.as_str(), s3.prefix.as_str()), ("b", "p"));
@@ -89,7 +89,7 @@ fn storage_backup_without_cloudflare_is_s3_and_disabled_means_nothing() {
     let text = "[storage.backup]\nurl = \"/var/backups/app\"\ndatabase = \"/d/a.db\"\n";
     let c = Config::parse(Path::new("t"), text, false).unwrap();
     assert_eq!(
-        c.dbs[0].replica,
+        c.dbs[0].replicas[0].url,
         ReplicaUrl::Local("/var/backups/app".into())
     );
 }
@@ -138,6 +138,48 @@ const MISTAKES: &[(&str, usize, &str)] = &[
         5,
         "db[0].replica[0].access_key_id",
     ),
+    (
+        "[[db]]\npath = \"/a.db\"\n[[db.replica]]\nname = \"x\"\nurl = \"/r\"\n\
+         [[db.replica]]\nname = \"x\"\nurl = \"/s\"\n",
+        7,
+        "db[0].replica[1].name",
+    ),
+    (
+        "[[db]]\npath = \"/a.db\"\n[[db.replica]]\nname = \"../up\"\nurl = \"/r\"\n",
+        4,
+        "db[0].replica[0].name",
+    ),
+    (
+        "[[db]]\npath = \"/a.db\"\n[[db.replica]]\nname = \"a\"\nurl = \"/r\"\n\
+         [[db.replica]]\nname = \"b\"\nurl = \"file:///r\"\n",
+        8,
+        "db[0].replica[1].url",
+    ),
+    (
+        "[[db]]\npath = \"/a.db\"\n[[db.replica]]\nurl = \"/r\"\n\
+         [[db]]\npath = \"/b.db\"\n[[db.replica]]\nurl = \"/r\"\n",
+        8,
+        "db[1].replica[0].url",
+    ),
+    (
+        "[[db]]\npath = \"/a.db\"\n[[db.replica]]\nurl = \"/r\"\n\
+         [[db]]\npath = \"/a.db\"\n[[db.replica]]\nurl = \"/s\"\n",
+        6,
+        "db[1].path",
+    ),
+    (
+        "[[db]]\npath = \"/a.db\"\n[[db.replica]]\nurl = \"/r\"\nupload_interval = \"soon\"\n",
+        5,
+        "db[0].replica[0].upload_interval",
+    ),
+    (
+        "[[db]]\npath = \"/a.db\"\n[[db.replica]]\nurl = \"/r\"\n\
+         [storage.backup]\nurl = \"/s\"\ndatabase = \"/a.db\"\n",
+        7,
+        "storage.backup.database",
+    ),
+    ("outage_wal_hold = \"later\"\n", 1, "outage_wal_hold"),
+    ("\noutage_wal_max_mb = 0\n", 2, "outage_wal_max_mb"),
     ("[[db]]\npath = \"/a.db\"\nreplicas = 2\n", 3, "replicas"),
     ("[cloudflare]\naccount = \"x\"\n", 2, "account"),
     ("[storage.backup]\nenabled = true\n", 1, "storage.backup"),
@@ -219,4 +261,77 @@ fn mistakes_in_expanded_values_keep_secrets_out() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("line "), "{e}");
+}
+
+#[test]
+fn several_replicas_per_database_with_names() {
+    let text = r#"
+upload_interval = "2s"
+outage_wal_hold = "6h"
+outage_wal_max_mb = 512
+
+[[db]]
+path = "/d/a.db"
+
+[[db.replica]]
+url = "/var/backups/a"
+upload_interval = "0s"
+
+[[db.replica]]
+name = "primary"
+url = "s3://one/a"
+
+[[db.replica]]
+name = "secondary"
+url = "s3://two/a"
+
+[[db]]
+path = "/d/b.db"
+
+[[db.replica]]
+url = "s3://one/b"
+
+[[db.replica]]
+url = "r2://backups/b?account-id=abc"
+"#;
+    let c = Config::parse(Path::new("t"), text, false).unwrap();
+    assert_eq!(c.dbs.len(), 2);
+    let names =
+        |i: usize| -> Vec<&str> { c.dbs[i].replicas.iter().map(|r| r.name.as_str()).collect() };
+    assert_eq!(
+        names(0),
+        ["file", "primary", "secondary"],
+        "names default to the scheme"
+    );
+    assert_eq!(names(1), ["s3", "r2"]);
+    assert_eq!(
+        c.dbs[0].replicas[0].url,
+        ReplicaUrl::Local("/var/backups/a".into())
+    );
+    assert_eq!(c.dbs[0].replicas[0].upload_interval, Some(Duration::ZERO));
+    assert_eq!(
+        c.dbs[0].replicas[1].upload_interval, None,
+        "the global one applies"
+    );
+    assert_eq!(c.capture.upload_interval, Some(Duration::from_secs(2)));
+    assert_eq!(
+        c.capture.outage_wal_hold,
+        Some(Duration::from_secs(6 * 3600))
+    );
+    assert_eq!(c.capture.outage_wal_max_bytes, Some(512 << 20));
+
+    // Two unnamed S3 replicas share the default name: the message says what to do.
+    let text = "[[db]]\npath = \"/a.db\"\n[[db.replica]]\nurl = \"s3://one/a\"\n\
+                [[db.replica]]\nurl = \"s3://two/a\"\n";
+    let e = Config::parse(Path::new("/etc/w.toml"), text, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("line 5") && e.contains("db[0].replica[1]") && e.contains("name = "),
+        "{e}"
+    );
+    // The [storage.backup] replica is named too.
+    let text = "[storage.backup]\nbucket = \"b\"\ndatabase = \"/d/a.db\"\n";
+    let c = Config::parse(Path::new("t"), text, false).unwrap();
+    assert_eq!(c.dbs[0].replicas[0].name, "s3");
 }

@@ -278,12 +278,32 @@ impl Replicator {
         env: &[(&str, &str)],
         configure: F,
     ) -> Replicator {
+        let args = [db.as_os_str(), OsStr::new(replica)];
+        let mut rep = Replicator::spawn_args(&args, log, env, configure);
+        rep.db = db.to_path_buf();
+        rep.replica = replica.to_string();
+        rep
+    }
+
+    /// Starts `walstream replicate --config CONFIG` (with every database and
+    /// replica of the file); `db` and `replica` are left empty.
+    pub fn spawn_config(config: &Path, log: &Path, env: &[(&str, &str)]) -> Replicator {
+        let args = [OsStr::new("--config"), config.as_os_str()];
+        Replicator::spawn_args(&args, log, env, |_| {})
+    }
+
+    /// `walstream replicate ARGS`, logging to `log`.
+    fn spawn_args<F: FnOnce(&mut Command)>(
+        args: &[&OsStr],
+        log: &Path,
+        env: &[(&str, &str)],
+        configure: F,
+    ) -> Replicator {
         let file = File::create(log).expect("creating the replicate log");
         let file2 = file.try_clone().expect("cloning the log handle");
         let mut cmd = Command::new(bin());
         cmd.arg("replicate")
-            .arg(db)
-            .arg(replica)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(file2))
@@ -295,8 +315,8 @@ impl Replicator {
         let child = cmd.spawn().expect("spawning walstream replicate");
         Replicator {
             child: Some(child),
-            db: db.to_path_buf(),
-            replica: replica.to_string(),
+            db: PathBuf::new(),
+            replica: String::new(),
             log: log.to_path_buf(),
             exit: None,
         }

@@ -10,9 +10,9 @@ impl Engine {
     pub(super) fn ensure_lease(&mut self) -> Result<(), CaptureError> {
         let (rt, store) = (self.rt.clone(), Arc::clone(&self.store));
         let Some(lease) = self.lease.as_mut() else {
-            let me = Identity::load_or_create(&state_dir(&self.db_path), &self.db_path).map_err(
+            let me = Identity::load_or_create(&self.slot.state_dir, &self.db_path).map_err(
                 |source| CaptureError::Io {
-                    path: state_dir(&self.db_path),
+                    path: self.slot.state_dir.clone(),
                     source,
                 },
             )?;

@@ -8,6 +8,7 @@ mod snapshot;
 mod start;
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use tokio::sync::{oneshot, watch};
 use super::compactor::{Compactor, CompactorContext};
 use super::source::Source;
 use super::state::StateReader;
-use super::{state_dir, CaptureOptions, Command};
+use super::{CaptureOptions, Command, Progress, Slot};
 use crate::catalog::{fetch_header, segment_key, snapshot_key, Catalog};
 use crate::checksum::PageHashes;
 use crate::error::CaptureError;
@@ -56,6 +57,10 @@ pub struct EngineStatus {
     /// The whole three-step PASSIVE checkpoint cycle.
     #[serde(default)]
     pub last_checkpoint_duration_ms: Option<u64>,
+    /// The replica failed past `outage_wal_hold` or `outage_wal_max_mb` and
+    /// no longer holds the WAL (until it starts again).
+    #[serde(default)]
+    pub wal_released: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -129,6 +134,9 @@ struct Engine {
     deferred: bool,
     /// File events wake the engine through this (none in `once`).
     gate: Option<Arc<super::wake::WakeGate>>,
+    slot: Slot,
+    /// Every commit seen by this WAL read (or an earlier one) is durable.
+    durable_read: u64,
 }
 
 /// Longest pause after storing segments before the next ones under load.
@@ -147,9 +155,9 @@ pub(crate) struct Links {
     pub rx: Receiver<Command>,
     /// The outcome of start-up.
     pub ready: oneshot::Sender<Result<(), CaptureError>>,
-    /// The last txid durably in the replica.
-    pub shipped: watch::Sender<u64>,
-    /// Taken before each step, so file events from then on wake it again.
+    /// How far the engine has come.
+    pub progress: watch::Sender<Progress>,
+    /// Taken before each look at the WAL, so file events from then on wake it again.
     pub gate: Arc<super::wake::WakeGate>,
 }
 
@@ -160,22 +168,30 @@ pub(crate) fn run(
     poll: Duration,
     rt: Handle,
     links: Links,
+    slot: Slot,
 ) -> Result<(), CaptureError> {
     let Links {
         rx,
         ready,
-        shipped,
+        progress,
         gate,
     } = links;
     let _close = super::wake::CloseOnDrop(Arc::clone(&gate));
-    let mut eng = Engine::new(db_path, store, opts, rt);
+    let mut eng = Engine::new(db_path, store, opts, rt, slot);
     eng.gate = Some(gate);
-    // Waiters (`Replication::wait_for_txid`) see each txid once it is durable.
-    let publish = |eng: &Engine| {
-        let txid = eng.status.last_shipped_txid;
-        shipped.send_if_modified(|v| std::mem::replace(v, txid) != txid);
+    // Waiters (`Replication::wait_for_txid`, `wait_for_ticket`) see each txid
+    // once it is durable.
+    let publish = |eng: &Engine, failures: u32| {
+        let now = Progress {
+            shipped_txid: eng.status.last_shipped_txid,
+            durable_read: eng.durable_read,
+            failing: failures > 0,
+        };
+        progress.send_if_modified(|v| std::mem::replace(v, now) != now);
     };
     let mut failures = 0u32;
+    // Since when every step failed (the outage, for `outage_wal_hold`).
+    let mut failing_since = None;
     match eng.start_retrying() {
         Ok(()) => {}
         // An outage of the store is not a reason to stop: hold the WAL so what is
@@ -184,6 +200,7 @@ pub(crate) fn run(
             eng.record_error(&e);
             eng.hold_wal();
             failures = 1;
+            failing_since = Some(Instant::now());
         }
         Err(e) => {
             eng.release_lease();
@@ -191,7 +208,7 @@ pub(crate) fn run(
             return Ok(());
         }
     }
-    publish(&eng);
+    publish(&eng, failures);
     let _ = ready.send(Ok(()));
     loop {
         let wait = if failures > 0 {
@@ -222,20 +239,26 @@ pub(crate) fn run(
         }
         if shutdown {
             let r = eng.final_sync();
-            publish(&eng);
+            publish(&eng, u32::from(r.is_err()));
             eng.stop_compactor();
             eng.release_lease();
             return r;
         }
         match eng.step() {
-            Ok(()) => failures = 0,
+            Ok(()) => {
+                failures = 0;
+                failing_since = None;
+            }
             Err(e) if e.is_fatal() => {
                 eng.record_error(&e);
+                publish(&eng, 1);
                 return Err(e);
             }
             Err(e) => {
                 failures += 1;
                 eng.record_error(&e);
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                eng.maybe_release_wal(since);
             }
         }
         for reply in snapshots {
@@ -253,7 +276,7 @@ pub(crate) fn run(
             }
             let _ = reply.send(r.map_err(|e| e.to_string()));
         }
-        publish(&eng);
+        publish(&eng, failures);
     }
 }
 
@@ -263,8 +286,9 @@ pub(crate) fn once(
     opts: CaptureOptions,
     rt: Handle,
     force_snapshot: bool,
+    slot: Slot,
 ) -> Result<Option<String>, CaptureError> {
-    let mut eng = Engine::new(db_path, store, opts, rt);
+    let mut eng = Engine::new(db_path, store, opts, rt, slot);
     let r = eng.one_pass(force_snapshot);
     eng.stop_compactor();
     eng.release_lease();
@@ -285,12 +309,13 @@ impl Engine {
         store: Arc<dyn ObjectStore>,
         opts: CaptureOptions,
         rt: Handle,
+        slot: Slot,
     ) -> Engine {
         let compactor = (opts.compact_segments >= 2).then(|| {
             Compactor::start(CompactorContext {
                 store: Arc::clone(&store),
                 rt: rt.clone(),
-                state_dir: state_dir(&db_path),
+                state_dir: slot.work_dir.clone(),
                 key: opts.encryption.clone(),
                 segments: opts.compact_segments,
             })
@@ -312,6 +337,8 @@ impl Engine {
             last_ship: None,
             deferred: false,
             gate: None,
+            slot,
+            durable_read: 0,
         }
     }
 
@@ -344,11 +371,13 @@ impl Engine {
     fn hold_wal(&mut self) {
         let held = match self.src.as_mut() {
             Some(src) => src.pin(),
-            None => Source::open(&self.db_path, self.opts.busy_timeout).and_then(|mut src| {
-                src.pin()?;
-                self.src = Some(src);
-                Ok(())
-            }),
+            None => Source::open(&self.db_path, self.opts.busy_timeout, &self.slot.files).and_then(
+                |mut src| {
+                    src.pin()?;
+                    self.src = Some(src);
+                    Ok(())
+                },
+            ),
         };
         if let Err(e) = held {
             tracing::warn!(db = %self.db_path.display(), error = %e, "could not pin the WAL while waiting for the replica");
@@ -358,8 +387,45 @@ impl Engine {
         self.unshipped_since.get_or_insert_with(Instant::now);
     }
 
+    /// During an outage longer than `outage_wal_hold`, or once the WAL is
+    /// larger than `outage_wal_max_bytes`, stops holding the WAL: the pin
+    /// and the lineage go, so checkpoints (the other replicas', the
+    /// application's) may move past what this replica has not shipped. When
+    /// the replica answers again, start-up resumes the lineage only if it can
+    /// still prove continuity, else it takes a snapshot: nothing is guessed.
+    fn maybe_release_wal(&mut self, failing_since: Instant) {
+        let holding = self.lin.is_some() || self.src.as_ref().is_some_and(|s| s.is_pinned());
+        if !holding {
+            return;
+        }
+        let too_long = self
+            .opts
+            .outage_wal_hold
+            .is_some_and(|limit| failing_since.elapsed() >= limit);
+        let wal_bytes =
+            std::fs::metadata(crate::capture::wal_path(&self.db_path)).map_or(0, |m| m.len());
+        let too_big = self
+            .opts
+            .outage_wal_max_bytes
+            .is_some_and(|limit| wal_bytes >= limit);
+        if !(too_long || too_big) {
+            return;
+        }
+        tracing::warn!(db = %self.db_path.display(), replica = %self.slot.name,
+            failing_s = failing_since.elapsed().as_secs(), wal_bytes,
+            "the replica has been failing too long: no longer holding the WAL for it; \
+             it resumes when it answers if continuity can still be proven, else it starts \
+             a new lineage with a snapshot");
+        if let Some(l) = &self.lin {
+            self.time_floor_ms = self.time_floor_ms.max(l.last_time_ms);
+        }
+        self.lin = None;
+        self.src = None;
+        self.status.wal_released = true;
+    }
+
     fn record_error(&mut self, e: &CaptureError) {
-        tracing::error!(db = %self.db_path.display(), error = %e, "replication error; retrying");
+        tracing::error!(db = %self.db_path.display(), replica = %self.slot.name, error = %e, "replication error; retrying");
         self.status.last_error = Some(e.to_string());
         self.status.errors += 1;
     }
@@ -409,6 +475,7 @@ impl Engine {
         self.ensure_lease()?;
         if self.lin.is_none() {
             self.start()?;
+            self.status.wal_released = false;
         }
         self.sync_batched()?;
         self.maybe_checkpoint()?;
@@ -456,6 +523,8 @@ impl Engine {
         self.last_ship.map(|(end, took)| end + took.min(MAX_PACE))
     }
 
+    /// One WAL read (numbered, see `Progress::durable_read`), shipping what
+    /// it found unless batching or pacing holds it back.
     fn sync_inner(&mut self, force: bool) -> Result<(), CaptureError> {
         if !force && self.paced_until().is_some_and(|t| Instant::now() < t) {
             // The wake-up stays untaken: the watcher waits instead of waking
@@ -468,6 +537,15 @@ impl Engine {
         if let Some(g) = &self.gate {
             g.taken();
         }
+        let read = self.slot.reads.fetch_add(1, Ordering::SeqCst) + 1;
+        self.sync_read(force)?;
+        if self.unshipped_since.is_none() {
+            self.durable_read = self.durable_read.max(read);
+        }
+        Ok(())
+    }
+
+    fn sync_read(&mut self, force: bool) -> Result<(), CaptureError> {
         if self.src()?.replaced()? {
             return self.new_lineage("the database file was replaced");
         }
@@ -564,7 +642,7 @@ impl Engine {
 
     fn ship_segment(&mut self, batch: &segment::Batch) -> Result<(), CaptureError> {
         let (wal, h) = (batch.wal, batch.header);
-        let spool_dir = state_dir(&self.db_path);
+        let spool_dir = self.slot.work_dir.clone();
         let lin = self.lin()?;
         let (first_time, time) = (batch.times[0], batch.times[batch.times.len() - 1]);
         lin.hashes.begin();

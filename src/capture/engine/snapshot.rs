@@ -54,7 +54,7 @@ impl Engine {
             (src.db_path.clone(), src.wal_path.clone(), src.db_file());
         let wal = WalFile::open(&wal_path)?;
         let reader = StateReader::new(&db_path, db_file, &wal, wal_header, overlay, page_size)?;
-        let spool = snapshot_spool(&state_dir(&db_path))?;
+        let spool = snapshot_spool(&self.slot.work_dir)?;
         let mut header = ObjectHeader {
             kind: ObjectKind::Snapshot,
             flags: 0,
@@ -99,7 +99,7 @@ impl Engine {
         }
         let sealed = match self.opts.encryption {
             Some(_) => {
-                let s = snapshot_spool(&state_dir(&db_path))?;
+                let s = snapshot_spool(&self.slot.work_dir)?;
                 self.seal_spool(&mut file, &spool.path, &s.file, &s.path)?;
                 Some(s)
             }

@@ -7,14 +7,18 @@ use super::*;
 
 impl Engine {
     /// [`Engine::start`], retried a few times when it failed for a passing
-    /// reason (the application held the write lock, or restarted the WAL while
-    /// a snapshot was read).
+    /// reason (the application held the write lock, or restarted or truncated
+    /// the WAL while a snapshot was read: a PASSIVE checkpoint of its own can
+    /// finish the backfill between the engine's checkpoint and its new pin,
+    /// which then sits on read lock 0 and does not stop a TRUNCATE).
     pub(super) fn start_retrying(&mut self) -> Result<(), CaptureError> {
         let mut attempt = 0u32;
         loop {
             match self.start() {
-                Err(CaptureError::Stopped(why)) if attempt < 5 => {
-                    tracing::info!(why, "start-up interrupted; retrying");
+                Err(e @ (CaptureError::Stopped(_) | CaptureError::WalShrank { .. }))
+                    if attempt < 5 =>
+                {
+                    tracing::info!(why = %e, "start-up interrupted; retrying");
                     std::thread::sleep(Duration::from_millis(50 << attempt));
                     attempt += 1;
                 }
@@ -40,7 +44,11 @@ impl Engine {
             .is_some_and(|s| !s.is_locked() && matches!(s.replaced(), Ok(false)));
         if !reusable {
             self.src = None;
-            self.src = Some(Source::open(&self.db_path, self.opts.busy_timeout)?);
+            self.src = Some(Source::open(
+                &self.db_path,
+                self.opts.busy_timeout,
+                &self.slot.files,
+            )?);
         }
         // After the database checks, so a wrong path or mode is reported as such.
         self.ensure_lease()?;
@@ -223,7 +231,7 @@ impl Engine {
 
     /// Starts a new lineage: a full snapshot at the next txid.
     pub(super) fn new_lineage(&mut self, reason: &str) -> Result<(), CaptureError> {
-        tracing::warn!(db = %self.db_path.display(), reason, "starting a new lineage with a full snapshot");
+        tracing::warn!(db = %self.db_path.display(), replica = %self.slot.name, reason, "starting a new lineage with a full snapshot");
         if let Some(l) = &self.lin {
             self.time_floor_ms = self.time_floor_ms.max(l.last_time_ms);
         }
@@ -234,7 +242,7 @@ impl Engine {
             .is_none_or(|s| s.replaced().unwrap_or(true))
         {
             self.src = None;
-            let mut src = Source::open(&self.db_path, self.opts.busy_timeout)?;
+            let mut src = Source::open(&self.db_path, self.opts.busy_timeout, &self.slot.files)?;
             src.pin()?;
             self.src = Some(src);
         }
