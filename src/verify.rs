@@ -255,9 +255,9 @@ fn check_lineage_overlaps(catalog: &Catalog, report: &mut VerifyReport) {
 /// one reaching furthest first (a compacted segment before the small ones it
 /// was made from, should they still be there), a segment containing a
 /// snapshot's txid before that snapshot (so the replay can compare them),
-/// except at the lineage's first txid: there nothing precedes the snapshot, and
-/// a compacted segment that straddles it (its earlier commits pruned with the
-/// older snapshots) replays from it.
+/// except around the lineage's first remaining snapshot: nothing before it can
+/// be replayed, so it comes first, and a compacted segment that straddles it
+/// (its earlier commits pruned with the older snapshots) replays from it.
 fn lineage_objects(catalog: &Catalog, lineage: u64) -> Vec<&ObjectInfo> {
     let mut objs: Vec<&ObjectInfo> = catalog
         .snapshots
@@ -265,12 +265,21 @@ fn lineage_objects(catalog: &Catalog, lineage: u64) -> Vec<&ObjectInfo> {
         .chain(&catalog.segments)
         .filter(|o| o.lineage == lineage)
         .collect();
-    let first = objs.iter().map(|o| o.min_txid).min().unwrap_or(0);
+    let first = objs
+        .iter()
+        .filter(|o| o.kind == Kind::Snapshot)
+        .map(|o| o.max_txid)
+        .min();
     objs.sort_by_key(|o| {
         let snapshot = o.kind == Kind::Snapshot;
+        let straddles = first.is_some_and(|f| !snapshot && o.min_txid < f && o.max_txid >= f);
+        let from = match first {
+            Some(f) if straddles => f,
+            _ => o.min_txid,
+        };
         (
-            o.min_txid,
-            o.min_txid == first && !snapshot,
+            from,
+            Some(from) == first && !snapshot,
             std::cmp::Reverse(o.max_txid),
             snapshot,
         )
@@ -625,5 +634,28 @@ mod tests {
             vec![obj(Kind::Segment, 24, 28), obj(Kind::Segment, 29, 29)],
         );
         assert_eq!(keys, ["Snapshot-24-24", "Segment-24-28", "Segment-29-29"]);
+    }
+
+    #[test]
+    fn a_segment_reaching_back_before_the_first_snapshot_replays_from_it() {
+        // Seed 0x5EED0053F4170001: the compacted segment 587..=637 outlived
+        // the snapshot before it; the lineage's first snapshot is at 633.
+        let keys = order(
+            vec![obj(Kind::Snapshot, 633, 633)],
+            vec![
+                obj(Kind::Segment, 560, 586),
+                obj(Kind::Segment, 587, 637),
+                obj(Kind::Segment, 638, 638),
+            ],
+        );
+        assert_eq!(
+            keys,
+            [
+                "Segment-560-586",
+                "Snapshot-633-633",
+                "Segment-587-637",
+                "Segment-638-638"
+            ]
+        );
     }
 }
