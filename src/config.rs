@@ -657,22 +657,63 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_secs(secs))
 }
 
-/// Replaces `${VAR}` with the variable's value; an unset variable is an error.
+/// Replaces every `${NAME}` with the environment variable's value, outside
+/// TOML comments (a `# ${VAR} is expanded` note must not need `VAR` set).
 fn expand(text: &str) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find('}').ok_or("unterminated ${ in config")?;
-        let name = &after[..end];
-        let value = std::env::var(name)
-            .map_err(|_| format!("environment variable {name} (used as ${{{name}}}) is not set"))?;
-        out.push_str(&value);
-        rest = &after[end + 1..];
+    let mut quote: Option<&str> = None;
+    let mut i = 0;
+    while i < text.len() {
+        let rest = &text[i..];
+        let step = verbatim_step(rest, &mut quote);
+        if step > 0 {
+            out.push_str(&rest[..step]);
+            i += step;
+        } else if let Some(after) = rest.strip_prefix("${") {
+            let end = after.find('}').ok_or("unterminated ${ in config")?;
+            let name = &after[..end];
+            let value = std::env::var(name).map_err(|_| {
+                format!("environment variable {name} (used as ${{{name}}}) is not set")
+            })?;
+            out.push_str(&value);
+            i += 2 + end + 1;
+        } else {
+            let ch = rest.chars().next().map_or(1, char::len_utf8);
+            out.push_str(&rest[..ch]);
+            i += ch;
+        }
     }
-    out.push_str(rest);
     Ok(out)
+}
+
+/// How many bytes at the start of `rest` are copied as they are: a comment to
+/// the end of its line, a string delimiter (updating `quote`, the string the
+/// text is in), an escape inside a basic string; 0 otherwise.
+fn verbatim_step(rest: &str, quote: &mut Option<&'static str>) -> usize {
+    const QUOTES: [&str; 4] = ["\"\"\"", "'''", "\"", "'"];
+    match *quote {
+        None if rest.starts_with('#') => rest.find('\n').unwrap_or(rest.len()),
+        None => match QUOTES.into_iter().find(|q| rest.starts_with(q)) {
+            Some(q) => {
+                *quote = Some(q);
+                q.len()
+            }
+            None => 0,
+        },
+        Some(q) if q.starts_with('"') && rest.starts_with('\\') => {
+            1 + rest[1..].chars().next().map_or(0, char::len_utf8)
+        }
+        Some(q) if rest.starts_with(q) => {
+            *quote = None;
+            q.len()
+        }
+        // A one-line string does not go past its line (TOML reports that).
+        Some(q) if q.len() == 1 && rest.starts_with('\n') => {
+            *quote = None;
+            1
+        }
+        Some(_) => 0,
+    }
 }
 
 #[cfg(test)]
@@ -829,6 +870,28 @@ mod tests {
         .unwrap();
         assert_eq!(c.dbs[0].path, PathBuf::from("/from/env/a.db"));
         assert!(Config::parse(Path::new("t"), "x = \"${WALSTREAM_UNSET_VAR_XYZ}\"", true).is_err());
+    }
+    #[test]
+    fn comments_are_not_expanded_but_strings_with_a_hash_are() {
+        std::env::set_var("WALSTREAM_TEST_EXPAND", "v");
+        let text = r##"a = "x#${WALSTREAM_TEST_EXPAND}" # ${UNSET_IN_COMMENT}
+# ${ALSO_UNSET}
+b = 'y#${WALSTREAM_TEST_EXPAND}'
+c = "q\"#${WALSTREAM_TEST_EXPAND}"
+d = """
+#${WALSTREAM_TEST_EXPAND}""" # ${UNSET}
+e = 'ü#${WALSTREAM_TEST_EXPAND}'
+"##;
+        let want = r##"a = "x#v" # ${UNSET_IN_COMMENT}
+# ${ALSO_UNSET}
+b = 'y#v'
+c = "q\"#v"
+d = """
+#v""" # ${UNSET}
+e = 'ü#v'
+"##;
+        assert_eq!(expand(text).unwrap(), want);
+        assert!(expand("a = \"${WALSTREAM_UNSET_VAR_XYZ}\" # note").is_err());
     }
 }
 
