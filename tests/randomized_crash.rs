@@ -1504,7 +1504,15 @@ impl Run {
         f.seek(SeekFrom::Start(self.log_offset)).unwrap();
         let mut text = String::new();
         f.read_to_string(&mut text).unwrap();
-        if text.contains("replicating db=") || text.contains("\"replicating\"") {
+        // Ready once the lineage is established, not merely once the process
+        // runs: while the store fails at start-up walstream pins the WAL and
+        // retries, and when it must start a new lineage the snapshot it stores
+        // once the store answers holds every commit made meanwhile (they are
+        // not shipped one by one; docs/architecture.md).
+        let running = text.contains("replicating db=") || text.contains("\"replicating\"");
+        let established =
+            text.contains("resuming the replica's lineage") || text.contains("snapshot stored");
+        if running && established {
             self.ready = true;
             let last = self.last_state();
             if let Some(d) = self.downtimes.last_mut() {
