@@ -17,6 +17,34 @@ fn started() -> (Env, String, App, Replicator) {
     (env, replica, app, rep)
 }
 
+/// Only the first snapshot started a lineage.
+fn assert_one_lineage(rep: &Replicator) {
+    let log = rep.log_text();
+    assert_eq!(
+        log.matches("starting a new lineage").count(),
+        1,
+        "only the first snapshot starts a lineage:\n{log}"
+    );
+}
+
+/// Each of `txids` restores to its recorded state (`states[txid - 1]`).
+fn assert_restores(
+    env: &Env,
+    replica: &str,
+    states: &[Digest],
+    txids: impl IntoIterator<Item = u64>,
+) {
+    for txid in txids {
+        let out = env.path(&format!("txid-{txid}.db"));
+        let t = txid.to_string();
+        assert_eq!(
+            restore_digest(replica, &out, &["--txid", t.as_str()]),
+            states[txid as usize - 1],
+            "txid {txid}"
+        );
+    }
+}
+
 #[test]
 fn fresh_connections_restarting_the_wal_keep_the_lineage() {
     let (env, replica, mut app, mut rep) = started();
@@ -51,11 +79,7 @@ fn fresh_connections_restarting_the_wal_keep_the_lineage() {
     assert_eq!(snapshots(&list).len(), 1, "no new lineage: {list}");
     let out = env.path("latest.db");
     assert_eq!(restore_digest(&replica, &out, &[]), final_state);
-    assert_eq!(
-        rep.log_text().matches("starting a new lineage").count(),
-        1,
-        "only the first snapshot starts a lineage"
-    );
+    assert_one_lineage(&rep);
 }
 
 /// Every TRUNCATE checkpoint restarts the WAL's salts, even of an empty WAL:
@@ -89,21 +113,8 @@ fn consecutive_truncate_checkpoints_keep_the_lineage() {
     expected += 1;
     rep.wait_shipped(expected);
     assert!(rep.terminate().success());
-    assert_eq!(
-        rep.log_text().matches("starting a new lineage").count(),
-        1,
-        "only the first snapshot starts a lineage:\n{}",
-        rep.log_text()
-    );
-    for txid in [1, 20, 21, 41, 42, 61, expected] {
-        let out = env.path(&format!("txid-{txid}.db"));
-        let t = txid.to_string();
-        assert_eq!(
-            restore_digest(&replica, &out, &["--txid", t.as_str()]),
-            states[txid as usize - 1],
-            "txid {txid}"
-        );
-    }
+    assert_one_lineage(&rep);
+    assert_restores(&env, &replica, &states, [1, 20, 21, 41, 42, 61, expected]);
 }
 
 /// A connection that never restarted the WAL itself writes the header of an
@@ -145,23 +156,10 @@ fn fresh_salts_after_a_truncate_or_a_rolled_back_spill_keep_the_lineage() {
         rep.wait_shipped(states.len() as u64);
     }
     assert!(rep.terminate().success());
-    assert_eq!(
-        rep.log_text().matches("starting a new lineage").count(),
-        1,
-        "only the first snapshot starts a lineage:\n{}",
-        rep.log_text()
-    );
+    assert_one_lineage(&rep);
     let list = list_json(&replica);
     assert_eq!(window(&list), Some((1, states.len() as u64)));
-    for txid in 1..=states.len() as u64 {
-        let out = env.path(&format!("txid-{txid}.db"));
-        let t = txid.to_string();
-        assert_eq!(
-            restore_digest(&replica, &out, &["--txid", t.as_str()]),
-            states[txid as usize - 1],
-            "txid {txid}"
-        );
-    }
+    assert_restores(&env, &replica, &states, 1..=states.len() as u64);
 }
 
 /// A multi-MB transaction through a small page cache, so SQLite writes its
