@@ -219,6 +219,15 @@ fn assemble(catalog: &Catalog, reasons: Vec<Vec<Reason>>) -> RetentionPlan {
                 .filter(|s| s.max_txid <= from)
                 .cloned(),
         );
+        // Only once the window has passed them: should the clock have ranked
+        // two lineages wrongly, nothing inside the window is ever deleted.
+        plan.delete.extend(
+            catalog
+                .superseded
+                .iter()
+                .filter(|s| s.object.max_txid < from)
+                .map(|s| s.object.clone()),
+        );
     }
     plan
 }
@@ -345,6 +354,42 @@ mod tests {
         assert!(p.delete[..first_segment.unwrap()]
             .iter()
             .all(|o| o.key.starts_with("snap")));
+    }
+
+    #[test]
+    fn superseded_uploads_go_only_once_the_window_has_passed_them() {
+        // Day 3's lineage-1 segment 32..=40 was re-numbered by lineage 2, which
+        // a later process started at 32 (its snapshot written after).
+        let mut keys: Vec<String> = (0..3)
+            .flat_map(|d| {
+                let txid = (10 * d + 1) as u64;
+                [
+                    snapshot_key(txid, 1, T0 + d * DAY),
+                    segment_key(txid + 1, txid + 9, 1, T0 + d * DAY + 1, T0 + d * DAY + 2),
+                ]
+            })
+            .collect();
+        let late = segment_key(31, 40, 1, T0 + 3 * DAY, T0 + 3 * DAY + 1);
+        keys.push(late.clone());
+        for d in 3..10 {
+            let txid = (10 * d + 1) as u64;
+            keys.push(snapshot_key(txid, 2, T0 + d * DAY + 5));
+        }
+        let c = Catalog::from_keys(&keys, 1);
+        assert_eq!(c.superseded.len(), 1);
+        let policy = |n| RetentionPolicy {
+            count: Some(n),
+            ..RetentionPolicy::default()
+        };
+        // The window starts at day 2 (txid 21): the late object (31..=40) is
+        // inside it and stays.
+        let p = plan(&c, &policy(8), &BTreeSet::new(), T0 + 10 * DAY);
+        assert_eq!(p.window_from, Some(21));
+        assert!(p.delete.iter().all(|o| o.key != late));
+        // Once the window starts past it, it goes with the pruned objects.
+        let p = plan(&c, &policy(5), &BTreeSet::new(), T0 + 10 * DAY);
+        assert_eq!(p.window_from, Some(51));
+        assert!(p.delete.iter().any(|o| o.key == late));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio::runtime::Handle;
 use tokio_util::io::SyncIoBridge;
 
-use crate::catalog::{check_name, Catalog, Kind, ObjectInfo, Window};
+use crate::catalog::{check_name, Catalog, Kind, ObjectInfo, Superseded, Window};
 use crate::checksum::PageHashes;
 use crate::crypto::{KeyId, Keyring};
 use crate::format::{BodyReader, ObjectHeader};
@@ -174,6 +174,9 @@ fn verify_blocking(ctx: &Ctx, catalog: &Catalog) -> Result<VerifyReport, StoreEr
             "not a walstream object name".into(),
         );
     }
+    for s in &catalog.superseded {
+        report_superseded(s, &mut report);
+    }
     let mut lineages: Vec<u64> = catalog
         .snapshots
         .iter()
@@ -190,9 +193,37 @@ fn verify_blocking(ctx: &Ctx, catalog: &Catalog) -> Result<VerifyReport, StoreEr
             }
         }
     }
-    check_lineage_overlaps(catalog, &mut report);
     check_window(catalog, &mut report);
     Ok(report)
+}
+
+/// A late upload is harmless (a warning); lineages written at the same time
+/// mean a second writer or a copied-in object, which the user must find.
+fn report_superseded(s: &Superseded, report: &mut VerifyReport) {
+    let (min, max, by) = (s.object.min_txid, s.object.max_txid, s.by_lineage);
+    if s.late {
+        report.push(
+            Severity::Warning,
+            Some(&s.object.key),
+            format!(
+                "txids {min}..={max} are held by lineage {by:016x}, written later: this upload \
+                 of a stopped walstream process landed late; restores ignore it and retention \
+                 deletes it once the window has passed it"
+            ),
+        );
+    } else {
+        report.error(
+            Some(&s.object.key),
+            format!(
+                "txids {min}..={max} of lineage {:016x} overlap lineage {by:016x}, and both were \
+                 written at the same time: two walstream processes write this replica, or the \
+                 object was copied in from another replica. Restores use lineage {by:016x} and \
+                 ignore this object; stop the other writer (each database needs its own \
+                 replica location), then delete the object",
+                s.object.lineage
+            ),
+        );
+    }
 }
 
 /// Each selected object on its own: CRCs, tags, name, and a snapshot's pages
@@ -219,36 +250,6 @@ fn verify_sample(
         }
     }
     Ok(())
-}
-
-/// Txids are unique for the whole life of a replica, across lineages: two
-/// lineages claiming the same txid means an object was copied in from another
-/// replica (or a second writer shared the location).
-fn check_lineage_overlaps(catalog: &Catalog, report: &mut VerifyReport) {
-    let mut objs: Vec<&ObjectInfo> = catalog.snapshots.iter().chain(&catalog.segments).collect();
-    objs.sort_by_key(|o| (o.min_txid, o.max_txid));
-    // Per lineage: the object reaching the highest txid so far.
-    let mut reach: Vec<(u64, u64, &str)> = Vec::new();
-    for obj in objs {
-        for &(lineage, max, key) in &reach {
-            if lineage != obj.lineage && max >= obj.min_txid {
-                report.error(
-                    Some(&obj.key),
-                    format!(
-                        "txids {}..={} of lineage {:016x} overlap {key} of lineage {lineage:016x}: \
-                         txids are unique in a replica, so one of them comes from another replica",
-                        obj.min_txid, obj.max_txid, obj.lineage
-                    ),
-                );
-                break;
-            }
-        }
-        match reach.iter_mut().find(|r| r.0 == obj.lineage) {
-            Some(r) if r.1 < obj.max_txid => *r = (obj.lineage, obj.max_txid, &obj.key),
-            Some(_) => {}
-            None => reach.push((obj.lineage, obj.max_txid, &obj.key)),
-        }
-    }
 }
 
 /// Objects of one lineage in the order a chain takes them: by first txid, the
@@ -599,7 +600,7 @@ mod tests {
         let catalog = Catalog {
             snapshots,
             segments,
-            unknown: Vec::new(),
+            ..Default::default()
         };
         lineage_objects(&catalog, 7)
             .iter()

@@ -1184,7 +1184,11 @@ fn list_json_has_the_documented_shape() {
     let list = list_json(&replica);
     let obj = list.as_object().expect("top level object");
     let keys: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
-    assert_eq!(keys, BTreeSet::from(["window", "snapshots", "segments"]));
+    assert_eq!(
+        keys,
+        BTreeSet::from(["window", "snapshots", "segments", "superseded"])
+    );
+    assert_eq!(list["superseded"].as_array().map(Vec::len), Some(0));
 
     let w = &list["window"];
     assert_eq!(w["min_txid"].as_u64(), Some(1), "{list:#}");

@@ -145,6 +145,11 @@ pub async fn list(store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitCod
             })),
             "snapshots": cat.snapshots.iter().map(object_json).collect::<Vec<_>>(),
             "segments": cat.segments.iter().map(object_json).collect::<Vec<_>>(),
+            "superseded": cat.superseded.iter().map(|s| {
+                let mut v = object_json(&s.object);
+                v["by_lineage"] = json!(format!("{:016x}", s.by_lineage));
+                v
+            }).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
@@ -190,6 +195,12 @@ pub async fn list(store: &Arc<dyn ObjectStore>, as_json: bool) -> Result<ExitCod
                 format_time(last.max_time_ms)
             );
         }
+    }
+    for s in &cat.superseded {
+        println!(
+            "superseded by lineage {:016x} (a late upload; restores ignore it): txid {}..={}  {}",
+            s.by_lineage, s.object.min_txid, s.object.max_txid, s.object.key
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -59,6 +59,7 @@ impl Engine {
             .snapshots
             .iter()
             .chain(&catalog.segments)
+            .chain(catalog.superseded.iter().map(|s| &s.object))
             .map(|o| o.max_time_ms)
             .fold(self.time_floor_ms, i64::max);
         self.status.last_shipped_txid = catalog.max_txid();

@@ -9,6 +9,9 @@ use std::sync::Arc;
 
 use crate::store::{ObjectStore, StoreError};
 
+mod fence;
+pub use fence::Superseded;
+
 pub const SNAPSHOT_DIR: &str = "snapshots/";
 pub const SEGMENT_DIR: &str = "segments/";
 
@@ -118,6 +121,9 @@ pub struct Catalog {
     pub segments: Vec<ObjectInfo>,
     /// Keys in the replica's directories that walstream did not write.
     pub unknown: Vec<String>,
+    /// Objects whose txids a later-written lineage holds (see `fence`):
+    /// never used, deleted by retention once the window has passed them.
+    pub superseded: Vec<Superseded>,
 }
 
 /// The restorable window: every txid in `min_txid..=max_txid` that a chain covers.
@@ -142,6 +148,7 @@ impl Catalog {
             }
         }
         cat.sort();
+        cat.fence();
         Ok(cat)
     }
 
@@ -156,6 +163,7 @@ impl Catalog {
             }
         }
         cat.sort();
+        cat.fence();
         cat
     }
 
@@ -336,7 +344,7 @@ mod tests {
     fn names_with_the_largest_txid_do_not_overflow() {
         let cat = Catalog::from_keys(
             &[
-                snapshot_key(u64::MAX, 1, 0),
+                snapshot_key(u64::MAX, 2, 0),
                 segment_key(5, 6, 1, 0, 0),
                 snapshot_key(u64::MAX - 1, 2, 0),
                 segment_key(u64::MAX, u64::MAX, 2, 0, 0),
