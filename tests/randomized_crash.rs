@@ -733,6 +733,8 @@ struct Run {
     started: Instant,
     /// Problems seen while playing (the final checks add theirs).
     problems: Vec<String>,
+    /// One line on the replica checked, printed after the problems.
+    summary: String,
     unexpected_exits: usize,
     /// How long each `BEGIN IMMEDIATE` of the application took.
     begin_waits: std::cell::RefCell<Vec<Duration>>,
@@ -834,6 +836,15 @@ fn run_on(
     let mut problems = std::mem::take(&mut run.problems);
     problems.extend(run.check());
     let checked = t1.elapsed();
+    // The problems come first: CI shows only the first lines of a failure.
+    if !problems.is_empty() {
+        eprintln!(
+            "randomized_crash: {} problem(s), the first: {}",
+            problems.len(),
+            problems[0]
+        );
+    }
+    eprintln!("{}", run.summary);
     eprintln!(
         "randomized_crash: seed 0x{seed:016X}: {} commits, {what} in {:.1?}, checks in {:.1?}; shape {:?}; stats {:?}",
         run.states.len(),
@@ -933,6 +944,7 @@ impl Run {
             stats: Stats::default(),
             started: Instant::now(),
             problems: Vec::new(),
+            summary: String::new(),
             unexpected_exits: 0,
             begin_waits: std::cell::RefCell::new(Vec::new()),
         };
@@ -2167,7 +2179,7 @@ impl Run {
                 ));
             }
         }
-        eprintln!(
+        self.summary = format!(
             "randomized_crash: window {}..={} ({} lineages, {} snapshots, {} segments), {} txids restored",
             window.min_txid,
             window.max_txid,
