@@ -297,17 +297,20 @@ fn outcome(report: &VerifyReport, txid: Option<u64>, started: Instant) -> Verify
 }
 
 /// Runs [`DbMonitor::verify_now`] every `interval` (the first run after at
-/// most 10 minutes, so a process restarted often still verifies).
+/// most 10 minutes, so a process restarted often still verifies), until the
+/// monitor is dropped: the task does not keep a replication alive.
 pub fn spawn_verifier(
-    mon: Arc<DbMonitor>,
+    mon: &Arc<DbMonitor>,
     interval: Duration,
     keys: Keyring,
 ) -> tokio::task::JoinHandle<()> {
+    let mon = Arc::downgrade(mon);
     tokio::spawn(async move {
         let mut wait = interval.min(Duration::from_secs(600));
         loop {
             tokio::time::sleep(wait).await;
-            mon.verify_now(&keys).await;
+            let Some(m) = mon.upgrade() else { return };
+            m.verify_now(&keys).await;
             wait = interval;
         }
     })

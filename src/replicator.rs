@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::crypto::{Key, KeyError, Keyring};
 use crate::error::{CaptureError, RestoreError};
 use crate::health::Thresholds;
-use crate::monitor::{DbMonitor, DbReport};
+use crate::monitor::{spawn_verifier, DbMonitor, DbReport, MonitorConfig};
 use crate::replica::{ReplicaUrl, UrlError};
 use crate::restore::choose::{self, Candidate};
 use crate::restore::{IntegrityCheck, RestoreOptions, RestoreReport, Target};
@@ -66,6 +66,7 @@ pub struct ReplicatorBuilder {
     thresholds: Thresholds,
     keys: Keyring,
     restore_if_missing: bool,
+    verify_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for ReplicatorBuilder {
@@ -75,6 +76,7 @@ impl std::fmt::Debug for ReplicatorBuilder {
             .field("replicas", &self.replicas.len())
             .field("opts", &self.opts)
             .field("restore_if_missing", &self.restore_if_missing)
+            .field("verify_interval", &self.verify_interval)
             .finish_non_exhaustive()
     }
 }
@@ -150,6 +152,7 @@ impl ReplicatorBuilder {
     pub fn config(mut self, config: &Config) -> Result<Self, ReplicatorError> {
         self.opts = config.capture.clone();
         self.thresholds = config.monitor.thresholds;
+        self.verify_interval = config.monitor.verify_interval;
         let table = config.encryption.clone().unwrap_or_default();
         let settings = table.resolve(|name| std::env::var(name).ok())?;
         self.opts.encryption = settings.encrypt_with;
@@ -171,6 +174,16 @@ impl ReplicatorBuilder {
                 .collect();
         }
         Ok(self)
+    }
+
+    /// Restores the latest state of each replica into its state directory
+    /// this often and proves it, as `walstream replicate` does (default:
+    /// daily, the first run within 10 minutes of start; `None`: never). The
+    /// outcome shows in [`Replicator::status`] (`last_verification`) and
+    /// [`Replicator::health`]; a failed one is logged as an error.
+    pub fn verify_interval(mut self, every: Option<Duration>) -> Self {
+        self.verify_interval = every;
+        self
     }
 
     /// When the database file does not exist and a replica has data,
@@ -240,9 +253,17 @@ impl ReplicatorBuilder {
                 Arc::new(m.with_work_dir(dir))
             })
             .collect::<Vec<_>>();
+        let verifiers = match self.verify_interval {
+            Some(every) => monitors
+                .iter()
+                .map(|m| spawn_verifier(m, every, self.keys.clone()).abort_handle())
+                .collect(),
+            None => Vec::new(),
+        };
         Ok(Replicator {
             db,
             replicas: Arc::from(monitors),
+            verifiers: Arc::from(verifiers),
         })
     }
 }
@@ -345,6 +366,8 @@ pub struct Replicator {
     db: PathBuf,
     /// At least one, in the order given.
     replicas: Arc<[Arc<DbMonitor>]>,
+    /// Scheduled verification, one task per replica; stopped by `shutdown`.
+    verifiers: Arc<[tokio::task::AbortHandle]>,
 }
 
 impl std::fmt::Debug for Replicator {
@@ -417,6 +440,7 @@ impl Replicator {
             thresholds: Thresholds::default(),
             keys: Keyring::default(),
             restore_if_missing: false,
+            verify_interval: MonitorConfig::default().verify_interval,
         }
     }
 
@@ -709,6 +733,9 @@ impl Replicator {
     /// Fails when a replica's final shipping failed (the others still
     /// finished theirs).
     pub async fn shutdown(&self) -> Result<(), ReplicatorError> {
+        for v in self.verifiers.iter() {
+            v.abort();
+        }
         let done = self
             .each(|m| async move { Ok(m.rep.shutdown().await?) })
             .await;

@@ -442,3 +442,45 @@ async fn a_replica_failing_too_long_lets_go_of_the_wal() {
         "continuity could not be proven: a new lineage"
     );
 }
+
+/// The embedded replicator restores and proves its replica on a schedule,
+/// as `walstream replicate` does, and reports it in its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_verification_runs_in_the_library() {
+    let env = Env::new();
+    let mut app = App::create(&env.db);
+    let rep = Replicator::builder(&env.db)
+        .replica(env.replica_arg())
+        .verify_interval(Some(std::time::Duration::from_millis(300)))
+        .start()
+        .await
+        .expect("starting the replicator");
+    app.commit_insert_many(20);
+    let txid = rep.sync().await.expect("sync");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let verified = loop {
+        let s = rep.status().await.expect("status");
+        match s.last_verification {
+            Some(v) if v.txid.is_some_and(|t| t >= txid) => break v,
+            _ if std::time::Instant::now() > deadline => panic!("no verification: {s:?}"),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    };
+    assert!(verified.ok, "{verified:?}");
+    assert!(verified.problems.is_empty(), "{verified:?}");
+    rep.shutdown().await.expect("shutdown");
+
+    // Off: nothing is verified, however long it runs.
+    let env = Env::new();
+    let _app = App::create(&env.db);
+    let rep = Replicator::builder(&env.db)
+        .replica(env.replica_arg())
+        .verify_interval(None)
+        .start()
+        .await
+        .expect("starting the replicator");
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let s = rep.status().await.expect("status");
+    assert!(s.last_verification.is_none(), "{s:?}");
+    rep.shutdown().await.expect("shutdown");
+}

@@ -26,7 +26,7 @@ pub async fn start(
     let mut tasks = Vec::new();
     if let Some(every) = cfg.verify_interval {
         for m in monitors.iter() {
-            tasks.push(spawn_verifier(Arc::clone(m), every, keys.clone()));
+            tasks.push(spawn_verifier(m, every, keys.clone()));
         }
     }
     if let Some(addr) = cfg.metrics_addr {
