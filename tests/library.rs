@@ -164,19 +164,26 @@ async fn sync_ships_at_once_whatever_the_upload_interval() {
     rep.shutdown().await.expect("shutdown");
 }
 
-/// A local directory that answers every request with a transient error while
-/// `down` is set, as an unreachable S3 does.
+/// A local directory that answers every request (or only snapshot uploads,
+/// with `only_snapshots`) with a transient error while `down` is set, as an
+/// unreachable S3 does.
 #[derive(Debug)]
 struct Flaky {
     inner: walstream::store::LocalStore,
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    only_snapshots: bool,
+    /// Requests refused so far.
+    refused: std::sync::atomic::AtomicU64,
 }
 
 impl Flaky {
     fn check(&self, op: &'static str, key: &str) -> Result<(), walstream::store::StoreError> {
-        if !self.down.load(std::sync::atomic::Ordering::SeqCst) {
+        let spared = self.only_snapshots && !(op == "put" && key.starts_with("snapshots/"));
+        if !self.down.load(std::sync::atomic::Ordering::SeqCst) || spared {
             return Ok(());
         }
+        self.refused
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Err(walstream::store::StoreError::Remote(Box::new(
             walstream::store::RemoteError {
                 store: self.describe(),
@@ -256,6 +263,8 @@ fn flaky(
     let store = Flaky {
         inner: walstream::store::LocalStore::new(dir.to_path_buf()),
         down: std::sync::Arc::clone(&down),
+        only_snapshots: false,
+        refused: Default::default(),
     };
     (std::sync::Arc::new(store), down)
 }
@@ -283,9 +292,17 @@ async fn start_with_flaky(
 }
 
 async fn restore_from(store: &std::sync::Arc<dyn walstream::ObjectStore>, out: &std::path::Path) {
+    restore_target(store, out, Target::Latest).await;
+}
+
+async fn restore_target(
+    store: &std::sync::Arc<dyn walstream::ObjectStore>,
+    out: &std::path::Path,
+    target: Target,
+) {
     let opts = RestoreOptions {
         output: out.to_path_buf(),
-        target: Target::Latest,
+        target,
         force: false,
         integrity_check: IntegrityCheck::Quick,
         progress: None,
@@ -483,4 +500,59 @@ async fn scheduled_verification_runs_in_the_library() {
     let s = rep.status().await.expect("status");
     assert!(s.last_verification.is_none(), "{s:?}");
     rep.shutdown().await.expect("shutdown");
+}
+
+/// A new lineage whose snapshot cannot be stored at first: the snapshot taken
+/// then is stored when the store answers, and every commit made meanwhile
+/// restores on its own, instead of folding into a later snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_could_not_be_stored_keeps_the_commits_after_it() {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let env = Env::new();
+    let mut app = App::create(&env.db);
+    let mut states = vec![app.digest()];
+    let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flaky = std::sync::Arc::new(Flaky {
+        inner: walstream::store::LocalStore::new(env.subdir("replica")),
+        down: std::sync::Arc::clone(&down),
+        only_snapshots: true,
+        refused: Default::default(),
+    });
+    let store: std::sync::Arc<dyn walstream::ObjectStore> = flaky.clone();
+    let rep = Replicator::builder(&env.db)
+        .store(std::sync::Arc::clone(&store))
+        .verify_interval(None)
+        .start()
+        .await
+        .expect("start");
+    // The first snapshot was taken and its upload refused.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while flaky.refused.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "no upload was attempted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..5 {
+        app.commit_insert_one();
+        states.push(app.digest());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(
+        flaky.refused.load(Ordering::SeqCst) >= 2,
+        "retried meanwhile"
+    );
+    down.store(false, Ordering::SeqCst);
+    if tokio::time::timeout(Duration::from_secs(30), rep.wait_for_txid(6))
+        .await
+        .is_err()
+    {
+        panic!("txid 6 not shipped: {:?}", rep.status().await);
+    }
+    rep.shutdown().await.expect("shutdown");
+    for (i, want) in states.iter().enumerate() {
+        let txid = i as u64 + 1;
+        let out = env.path(&format!("txid-{txid}.db"));
+        restore_target(&store, &out, Target::Txid(txid)).await;
+        assert_eq!(&digest_file(&out), want, "txid {txid}");
+    }
 }

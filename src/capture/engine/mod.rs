@@ -137,6 +137,8 @@ struct Engine {
     slot: Slot,
     /// Every commit seen by this WAL read (or an earlier one) is durable.
     durable_read: u64,
+    /// A new lineage's snapshot that could not be stored yet.
+    pending_lineage: Option<start::PendingLineage>,
 }
 
 /// Longest pause after storing segments before the next ones under load.
@@ -339,6 +341,7 @@ impl Engine {
             gate: None,
             slot,
             durable_read: 0,
+            pending_lineage: None,
         }
     }
 

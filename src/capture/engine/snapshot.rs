@@ -49,6 +49,37 @@ impl Engine {
         wal_header: Option<WalHeader>,
         overlay: &[WalCommit],
     ) -> Result<(String, PageHashes), CaptureError> {
+        let built =
+            self.build_snapshot(lineage, page_size, txid, time, pos, wal_header, overlay)?;
+        self.store_snapshot(&built)?;
+        Ok((built.key, built.hashes))
+    }
+
+    /// Stores a snapshot built by [`Engine::build_snapshot`].
+    pub(super) fn store_snapshot(&mut self, built: &BuiltSnapshot) -> Result<(), CaptureError> {
+        self.ensure_lease()?;
+        let upload = built.sealed.as_ref().unwrap_or(&built.spool).path.clone();
+        let put = self.store.put_file(&built.key, upload, PutMode::CreateOnly);
+        match self.block_on(put) {
+            // Same txid, lineage and time: this very state is already stored.
+            Ok(()) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Streams the state (database file + `overlay` frames) into a spool file,
+    /// sealed when encrypting, ready to store.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn build_snapshot(
+        &mut self,
+        lineage: u64,
+        page_size: u32,
+        txid: u64,
+        time: i64,
+        pos: Pos,
+        wal_header: Option<WalHeader>,
+        overlay: &[WalCommit],
+    ) -> Result<BuiltSnapshot, CaptureError> {
         let src = self.src()?;
         let (db_path, wal_path, db_file) =
             (src.db_path.clone(), src.wal_path.clone(), src.db_file());
@@ -105,15 +136,13 @@ impl Engine {
             }
             None => None,
         };
-        let key = snapshot_key(txid, lineage, time);
-        self.ensure_lease()?;
-        let upload = sealed.as_ref().unwrap_or(&spool).path.clone();
-        let put = self.store.put_file(&key, upload, PutMode::CreateOnly);
-        match self.block_on(put) {
-            // Same txid, lineage and time: this very state is already stored.
-            Ok(()) | Err(StoreError::AlreadyExists { .. }) => Ok((key, hashes)),
-            Err(e) => Err(e.into()),
-        }
+        Ok(BuiltSnapshot {
+            key: snapshot_key(txid, lineage, time),
+            db_pages: header.commits[0].db_pages,
+            hashes,
+            spool,
+            sealed,
+        })
     }
 
     /// The frames a snapshot read must still be the ones it read.
@@ -193,6 +222,16 @@ impl Engine {
         self.after_snapshot(key.clone(), txid, time)?;
         Ok(key)
     }
+}
+
+/// A snapshot in its spool file (and its sealed copy when encrypting); both
+/// are removed when this is dropped.
+pub(super) struct BuiltSnapshot {
+    pub key: String,
+    pub db_pages: u32,
+    pub hashes: PageHashes,
+    spool: Spool,
+    sealed: Option<Spool>,
 }
 
 /// A snapshot spool file in the state directory.

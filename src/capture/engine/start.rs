@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::snapshot::BuiltSnapshot;
 use super::*;
 
 impl Engine {
@@ -63,6 +64,16 @@ impl Engine {
             .map(|o| o.max_time_ms)
             .fold(self.time_floor_ms, i64::max);
         self.status.last_shipped_txid = catalog.max_txid();
+        if let Some(mut p) = self.pending_lineage.take() {
+            if reusable {
+                if let Some(pos) = self.pending_start(&p)? {
+                    tracing::info!(db = %self.db_path.display(), replica = %self.slot.name, txid = p.txid,
+                        "storing the snapshot taken before the store failed; what was committed since ships one transaction at a time");
+                    p.pos = pos;
+                    return self.store_new_lineage(p, false);
+                }
+            }
+        }
         let last_snapshot = catalog.snapshots.last().cloned();
         if let Some(s) = &last_snapshot {
             self.status.last_snapshot_key = Some(s.key.clone());
@@ -88,7 +99,12 @@ impl Engine {
             .and_then(|()| self.resume_locked(newest.as_ref(), snapshot_ms));
         self.src()?.unlock_writers()?;
         let reason = match r? {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                // Also when the snapshot kept from a failed attempt had landed
+                // after all: it was the newest object and is resumed from.
+                self.pending_lineage = None;
+                return Ok(());
+            }
             Err(reason) => reason,
         };
         self.new_lineage(&reason)
@@ -237,6 +253,8 @@ impl Engine {
             self.time_floor_ms = self.time_floor_ms.max(l.last_time_ms);
         }
         self.lin = None;
+        // A fresh snapshot replaces one kept from a failed attempt.
+        self.pending_lineage = None;
         if self
             .src
             .as_ref()
@@ -285,7 +303,79 @@ impl Engine {
         let id = rand::random::<u64>();
         let txid = self.next_txid;
         let time = now_ms().max(self.time_floor_ms);
-        let (key, hashes) = self.write_snapshot(id, page_size, txid, time, pos, header, overlay)?;
+        let built = self.build_snapshot(id, page_size, txid, time, pos, header, overlay)?;
+        let pending = PendingLineage {
+            built,
+            id,
+            page_size,
+            txid,
+            time,
+            pos,
+        };
+        self.store_new_lineage(pending, true)
+    }
+
+    /// Where the lineage of a snapshot kept from a failed attempt goes on, if
+    /// it still can: nothing was stored since, the pin was held throughout
+    /// (the source was kept and not pinned again), and either the WAL still
+    /// holds, unchanged, the frames the snapshot read up to, or the WAL was
+    /// restarted once after them and the database file alone is still the
+    /// snapshot's state (the pin on a fully checkpointed WAL stops any
+    /// checkpoint into it). Every later commit is then still in the WAL.
+    fn pending_start(&mut self, p: &PendingLineage) -> Result<Option<Pos>, CaptureError> {
+        if p.txid != self.next_txid || p.time < self.time_floor_ms {
+            return Ok(None);
+        }
+        let src = self.src()?;
+        if src.page_size()? != p.page_size {
+            return Ok(None);
+        }
+        let (db_path, db_file) = (src.db_path.clone(), src.db_file());
+        let wal = WalFile::open(&src.wal_path)?;
+        let header = wal.header()?;
+        if let (Pos::Known(pos), Some(h)) = (p.pos, header) {
+            if h.salt1 == pos.salt1
+                && h.salt2 == pos.salt2
+                && (pos.frame == 0 || wal.stored_checksum(&h, pos.frame - 1)? == Some(pos.checksum))
+            {
+                return Ok(Some(p.pos));
+            }
+        }
+        let reader = StateReader::new(&db_path, db_file, &wal, None, &[], p.page_size)?;
+        if reader.db_pages != p.built.db_pages {
+            return Ok(None);
+        }
+        if reader.scan(|_, _| Ok(()))?.checksum() != p.built.hashes.checksum() {
+            return Ok(None);
+        }
+        Ok(Some(match header {
+            Some(w) => Pos::Known(position(&w, 0, w.checksum)),
+            None => Pos::Fresh,
+        }))
+    }
+
+    /// Stores the new lineage's snapshot and starts the lineage from it. When
+    /// storing fails, the snapshot is kept for the next attempt (see
+    /// [`Engine::pending_holds`]), so the commits made while the store fails
+    /// stay restorable one by one instead of folding into a later snapshot.
+    fn store_new_lineage(
+        &mut self,
+        p: PendingLineage,
+        reset_safe: bool,
+    ) -> Result<(), CaptureError> {
+        if let Err(e) = self.store_snapshot(&p.built) {
+            self.pending_lineage = Some(p);
+            return Err(e);
+        }
+        let PendingLineage {
+            built,
+            id,
+            page_size,
+            txid,
+            time,
+            pos,
+        } = p;
+        let BuiltSnapshot { key, hashes, .. } = built;
         self.next_txid = txid + 1;
         let frame = match pos {
             Pos::Known(p) => p.frame,
@@ -295,7 +385,7 @@ impl Engine {
             id,
             page_size,
             pos,
-            reset_safe: true,
+            reset_safe,
             hashes,
             unknown_until: None,
             last_time_ms: time,
@@ -306,4 +396,14 @@ impl Engine {
         self.status.lineage = Some(format!("{id:016x}"));
         self.after_snapshot(key, txid, time)
     }
+}
+
+/// A new lineage's snapshot, built and not stored yet.
+pub(super) struct PendingLineage {
+    built: BuiltSnapshot,
+    id: u64,
+    page_size: u32,
+    txid: u64,
+    time: i64,
+    pos: Pos,
 }
