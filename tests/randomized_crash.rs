@@ -347,8 +347,19 @@ fn ci_s3_store_faults() {
         return;
     }
     let Some(s3) = s3_from_env() else { return };
-    run_seed_on(0x5EED_0053_F417_0001, steps_from_env(), Some(s3));
+    run_seed_on(0x5EED_0053_F417_0001, steps_from_env(), Some(s3.clone()));
+    for (seed, steps) in S3_REGRESSION_SEEDS {
+        run_seed_on(seed, steps, Some(s3.clone()));
+    }
 }
+
+/// S3 seeds with store faults that failed once, with the steps they ran
+/// (as the soak that found them ran them). Their failures depend on when
+/// a fault strikes, so each cause also has a deterministic test: for
+/// 0xC95ADE3928CD47CF (a checkpoint held the application's writers while the
+/// store turned slow, past their 5 s busy timeout) it is
+/// `tests/library.rs::a_slow_store_never_holds_writers_long`.
+const S3_REGRESSION_SEEDS: [(u64, usize); 1] = [(0xC95A_DE39_28CD_47CF, 250)];
 
 /// The S3 test server: (endpoint, bucket), as tests/common's `s3_env` reads it.
 fn s3_from_env() -> Option<(String, String)> {

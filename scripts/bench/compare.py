@@ -138,13 +138,15 @@ class Replicator:
             if s3:
                 url = f"{self.replicas[0]}?endpoint={s3[0]}&force-path-style=true&region=us-east-1"
                 cmd = [args.walstream, "replicate", dbs[0], url]
-            elif len(dbs) == 1:
+            elif len(dbs) == 1 and not args.walstream_upload_interval:
                 cmd = [args.walstream, "replicate", dbs[0], self.replicas[0]]
             else:
                 cfg = os.path.join(work, "walstream.toml")
+                every = args.walstream_upload_interval
                 with open(cfg, "w") as f:
                     for db, rep in zip(dbs, self.replicas):
-                        f.write(f'[[db]]\npath = "{db}"\n[[db.replica]]\nurl = "file://{rep}"\n\n')
+                        f.write(f'[[db]]\npath = "{db}"\n[[db.replica]]\nurl = "file://{rep}"\n')
+                        f.write(f'upload_interval = "{every}"\n\n' if every else "\n")
                 cmd = [args.walstream, "replicate", "--config", cfg]
             env = dict(os.environ, WALSTREAM_LOG="warn")
         else:
@@ -679,6 +681,9 @@ def main():
     ap.add_argument("--many-seconds", type=float, default=20)
     ap.add_argument("--litestream-interval", default="",
                     help="Litestream monitor-interval and sync-interval (default: Litestream's own, 1s)")
+    ap.add_argument("--walstream-upload-interval", default="",
+                    help="walstream's upload_interval for local replicas (default: its own, 0s), e.g. 1s "
+                         "for Litestream's recovery point")
     ap.add_argument("--dir", default=None, help="parent of the work directory (default: system temp)")
     ap.add_argument("--out", default=".tools/compare", help="where results.json goes")
     ap.add_argument("--from-json", default="", help="only print tables and draw charts from this results.json")

@@ -11,7 +11,8 @@ rows of 100 kB random bytes (ingest), or the same 10 s without a replicator
 walstream's CPU seconds and peak RSS, segments and commits per segment
 (from the "segment shipped" debug lines) and checkpoints. With PERF=FILE,
 walstream runs under `perf record -e cpu-clock --call-graph dwarf` instead
-(CPU and RSS are then not read).
+(CPU and RSS are then not read). WALSTREAM_TOML adds global config keys,
+e.g. WALSTREAM_TOML='checkpoint_pages = 500'.
 """
 import os, sys, time, sqlite3, subprocess, shutil, tempfile, signal, re, json
 mode = sys.argv[1]          # throughput | ingest | none
@@ -29,6 +30,12 @@ env = dict(os.environ, WALSTREAM_LOG="walstream=debug")
 proc = None
 if mode != "none":
     cmd = [wal, "replicate", db, rep]
+    extra = os.environ.get("WALSTREAM_TOML", "")  # e.g. 'checkpoint_pages = 500'
+    if extra:
+        cfg = os.path.join(work, "walstream.toml")
+        with open(cfg, "w") as f:
+            f.write(f'{extra}\n[[db]]\npath = "{db}"\n[[db.replica]]\nurl = "file://{rep}"\n')
+        cmd = [wal, "replicate", "--config", cfg]
     if perf:
         cmd = ["perf", "record", "-e", "cpu-clock", "--call-graph", "dwarf,16384", "-F", "999", "-o", perf, "--"] + cmd
     log = open(os.path.join(work, "log"), "w")

@@ -19,7 +19,10 @@ impl Engine {
             self.lease = Some(rt.block_on(Lease::acquire(&store, me, self.opts.lease))?);
             return Ok(());
         };
-        if !lease.renewal_due() {
+        // Not while the application's writers are held: a renewal can wait
+        // for the next write, and a slow store must not hold them.
+        let held = self.writers_held_until.is_some() && lease.is_valid();
+        if !lease.renewal_due() || held {
             return Ok(());
         }
         match rt.block_on(lease.renew(&store)) {

@@ -138,11 +138,22 @@ struct Engine {
     /// Every commit seen by this WAL read (or an earlier one) is durable.
     durable_read: u64,
     /// A new lineage's snapshot that could not be stored yet.
-    pending_lineage: Option<start::PendingLineage>,
+    pub(super) pending_lineage: Option<start::PendingLineage>,
+    /// While the application's writers are held for a checkpoint: when a
+    /// store request must have answered (see [`LOCKED_STORE_BUDGET`]).
+    writers_held_until: Option<Instant>,
+    /// A store request ran out of that time.
+    locked_budget_spent: bool,
 }
 
 /// Longest pause after storing segments before the next ones under load.
 const MAX_PACE: Duration = Duration::from_millis(10);
+
+/// How long a checkpoint cycle waits for the store while it holds the
+/// application's writers (to ship the last moment's commits). A slower store
+/// postpones the checkpoint instead: the application's own busy timeout (often
+/// 5 s) must never run out because a store is slow.
+const LOCKED_STORE_BUDGET: Duration = Duration::from_millis(750);
 
 /// Most WAL restarts (salt-1 increments) accepted between two looks at the
 /// WAL; more means another process replaced it.
@@ -342,6 +353,8 @@ impl Engine {
             slot,
             durable_read: 0,
             pending_lineage: None,
+            writers_held_until: None,
+            locked_budget_spent: false,
         }
     }
 
@@ -447,6 +460,39 @@ impl Engine {
 
     fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
+    }
+
+    /// A store request of the shipping path; while writers are held it gets
+    /// what is left of [`LOCKED_STORE_BUDGET`] (the request is abandoned after
+    /// that; should it still land, it is the same object shipped again).
+    fn store_call<T>(
+        &mut self,
+        op: &'static str,
+        key: &str,
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let Some(deadline) = self.writers_held_until else {
+            return self.block_on(f);
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        // Built inside the runtime: a timer needs its context.
+        match self.block_on(async move { tokio::time::timeout_at(deadline, f).await }) {
+            Ok(r) => r,
+            Err(_) => {
+                self.locked_budget_spent = true;
+                Err(StoreError::Remote(Box::new(crate::store::RemoteError {
+                    store: self.store.describe(),
+                    op,
+                    key: key.to_string(),
+                    code: "Timeout".into(),
+                    message: format!(
+                        "no answer within {LOCKED_STORE_BUDGET:?} while the application's writers \
+                         were held; the checkpoint is postponed"
+                    ),
+                    transient: true,
+                })))
+            }
+        }
     }
 
     /// Time until the engine should look again without an event.
@@ -720,10 +766,11 @@ impl Engine {
     fn put_create_only(&mut self, key: &str, plain: Bytes) -> Result<(), CaptureError> {
         self.ensure_lease()?;
         let body = self.seal_segment(key, &plain)?;
-        match self.block_on(self.store.put(key, body, PutMode::CreateOnly)) {
+        let store = Arc::clone(&self.store);
+        match self.store_call("put", key, store.put(key, body, PutMode::CreateOnly)) {
             Ok(()) => Ok(()),
             Err(StoreError::AlreadyExists { .. }) => {
-                let existing = self.block_on(self.store.get(key))?;
+                let existing = self.store_call("get", key, store.get(key))?;
                 if self.holds_same(&existing, &plain) {
                     Ok(())
                 } else {
@@ -805,6 +852,7 @@ impl Engine {
             tracing::debug!("writers busy; checkpoint postponed");
             return Ok(None);
         }
+        self.writers_held_until = Some(Instant::now() + LOCKED_STORE_BUDGET);
         let r = self.sync().and_then(|()| {
             let src = self.src()?;
             if !src.is_locked() {
@@ -812,7 +860,14 @@ impl Engine {
             }
             f(src).map(Some)
         });
+        self.writers_held_until = None;
         self.src()?.unlock_writers()?;
+        if std::mem::take(&mut self.locked_budget_spent) {
+            tracing::debug!(
+                "the store answered too slowly while writers were held; checkpoint postponed"
+            );
+            return Ok(None);
+        }
         r
     }
 

@@ -207,7 +207,8 @@ impl Engine {
             None => None,
         };
         let upload = sealed.as_ref().unwrap_or(plain).path.clone();
-        match self.block_on(self.store.put_file(key, upload, PutMode::CreateOnly)) {
+        let store = std::sync::Arc::clone(&self.store);
+        match self.store_call("put", key, store.put_file(key, upload, PutMode::CreateOnly)) {
             Ok(()) => Ok(()),
             Err(StoreError::AlreadyExists { .. }) => self.check_same_header(key, header),
             Err(e) => Err(e.into()),
@@ -222,7 +223,8 @@ impl Engine {
     /// which only the very same frames produce.
     fn check_same_header(&mut self, key: &str, header: &ObjectHeader) -> Result<(), CaptureError> {
         let len = ObjectHeader::encoded_len(header.commits.len()) as u64;
-        let bytes = self.block_on(self.store.get_range(key, 0, len))?;
+        let store = std::sync::Arc::clone(&self.store);
+        let bytes = self.store_call("get", key, store.get_range(key, 0, len))?;
         let same = ObjectHeader::decode(&mut &bytes[..]).is_ok_and(|mut stored| {
             // Sealing sets these two; everything else must match.
             stored.flags = header.flags;
