@@ -27,10 +27,10 @@ const COMMITS: usize = 36;
 /// and the database both grows and shrinks.
 fn commit(app: &mut App, j: usize) -> &'static str {
     match j % 9 {
-        // Larger than what the restore fetches whole (512 KiB): read ahead
+        // Larger than what the restore fetches whole (1 MiB): read ahead
         // in chunks, between segments fetched whole.
         0 => {
-            app.commit_blobs("big", 3, 250_000);
+            app.commit_blobs("big", 3, 400_000);
             "large blobs"
         }
         4 => {
@@ -64,11 +64,8 @@ fn build_history(env: &Env, replica: &str) -> Vec<Digest> {
         states.push(app.digest());
     }
     let list = list_json(replica);
-    let large = segments(&list)
-        .iter()
-        .filter(|s| s.size > 512 << 10)
-        .count();
-    assert!(large >= 3, "segments over 512 KiB: {large}\n{list:#}");
+    let large = segments(&list).iter().filter(|s| s.size > 1 << 20).count();
+    assert!(large >= 3, "segments over 1 MiB: {large}\n{list:#}");
     states
 }
 

@@ -37,12 +37,37 @@ pub(crate) enum Block<'a> {
     Stored(&'a [u8]),
 }
 
+/// How far decoding one block has come: bytes of the stored block consumed
+/// (always at a sequence boundary) and content bytes produced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Progress {
+    input: usize,
+    output: usize,
+}
+
+impl Progress {
+    /// Content bytes decoded so far.
+    pub(crate) fn output(&self) -> usize {
+        self.output
+    }
+}
+
 impl Block<'_> {
-    /// How many bytes the block decodes to (at most `max`).
+    /// How many bytes the block decodes to (at most `max`), found without
+    /// decoding it.
     pub(crate) fn content_len(&self, max: usize) -> Result<usize, FormatError> {
+        self.finish_len(Progress::default(), max)
+    }
+
+    /// The block's whole content length when `p` of it is decoded: the rest
+    /// is walked, not decoded.
+    pub(crate) fn finish_len(&self, mut p: Progress, max: usize) -> Result<usize, FormatError> {
         let len = match self {
             Block::Stored(b) => b.len(),
-            Block::Compressed(b) => content_len(b)?,
+            Block::Compressed(b) => {
+                sequences(b, &mut p, None, usize::MAX)?;
+                p.output
+            }
         };
         if len > max {
             return Err(malformed(format!(
@@ -52,21 +77,105 @@ impl Block<'_> {
         Ok(len)
     }
 
-    /// Decodes the block into the start of `out` (as long as the frame's
-    /// largest block) and returns its length.
-    pub(crate) fn decode(&self, out: &mut [u8]) -> Result<usize, FormatError> {
+    /// Decodes more of the block into `out` (its content from offset 0; as
+    /// long as the frame's largest block), continuing from `p`, until at
+    /// least `need` content bytes are there or the block ends. Returns
+    /// whether it ended.
+    pub(crate) fn decode_until(
+        &self,
+        p: &mut Progress,
+        out: &mut [u8],
+        need: usize,
+    ) -> Result<bool, FormatError> {
         match self {
             Block::Stored(b) => {
                 let dst = out
                     .get_mut(..b.len())
                     .ok_or_else(|| malformed("stored block larger than the frame's maximum"))?;
                 dst.copy_from_slice(b);
-                Ok(b.len())
+                *p = Progress {
+                    input: b.len(),
+                    output: b.len(),
+                };
+                Ok(true)
             }
-            Block::Compressed(b) => lz4_flex::block::decompress_into(b, out)
-                .map_err(|e| FormatError::Decompress(e.to_string())),
+            Block::Compressed(b) => sequences(b, p, Some(out), need),
         }
     }
+}
+
+/// Runs an LZ4 block's sequences from `p` until `need` content bytes are
+/// produced or the block ends (returns whether it ended): decoded into
+/// `out`, or, without it, only walked for the length (token, literal length,
+/// literals, offset, match length; no byte is copied). Stops at sequence
+/// boundaries, so it can be resumed. Fails on a block that is not well
+/// formed: lengths past its end, an offset of 0 or before the block's
+/// start, content longer than `out`, or a last sequence with a match.
+fn sequences(
+    block: &[u8],
+    p: &mut Progress,
+    mut out: Option<&mut [u8]>,
+    need: usize,
+) -> Result<bool, FormatError> {
+    let bad = || malformed("corrupt compressed block");
+    while p.output < need && p.input < block.len() {
+        let token = block[p.input];
+        let mut pos = p.input + 1;
+        let literals = extended_len(block, &mut pos, usize::from(token >> 4))?;
+        let lit_end = pos.checked_add(literals).filter(|&e| e <= block.len());
+        let lit_end = lit_end.ok_or_else(bad)?;
+        if let Some(out) = out.as_deref_mut() {
+            let dst = out.get_mut(p.output..p.output + literals).ok_or_else(bad)?;
+            dst.copy_from_slice(&block[pos..lit_end]);
+        }
+        let produced = p.output + literals;
+        if lit_end == block.len() {
+            // The last sequence has literals only.
+            *p = Progress {
+                input: lit_end,
+                output: produced,
+            };
+            return Ok(true);
+        }
+        let offset = block.get(lit_end..lit_end + 2).ok_or_else(bad)?;
+        let offset = usize::from(u16::from_le_bytes([offset[0], offset[1]]));
+        let mut pos = lit_end + 2;
+        if offset == 0 || offset > produced {
+            return Err(bad());
+        }
+        let len = extended_len(block, &mut pos, usize::from(token & 0xF))? + MIN_MATCH;
+        if pos == block.len() {
+            return Err(malformed("compressed block ends with a match"));
+        }
+        if let Some(out) = out.as_deref_mut() {
+            copy_match(out, produced, offset, len).ok_or_else(bad)?;
+        }
+        *p = Progress {
+            input: pos,
+            output: produced + len,
+        };
+    }
+    Ok(p.input == block.len())
+}
+
+/// LZ4's match copy: `len` bytes at `at` repeat the bytes `offset` before
+/// them (overlapping when `offset < len`, which repeats a pattern). `None`
+/// when it does not fit in `out`.
+fn copy_match(out: &mut [u8], at: usize, offset: usize, len: usize) -> Option<()> {
+    let src = at.checked_sub(offset)?;
+    if at.checked_add(len)? > out.len() {
+        return None;
+    }
+    // Copy in chunks that never overlap their source: each starts a whole
+    // number of periods after `at`, so the bytes from `src` are what comes
+    // next, and the chunk can double every time.
+    let mut done = 0;
+    while done < len {
+        let n = (offset + done).min(len - done);
+        out.copy_within(src..src + n, at + done);
+        done += n;
+    }
+    Some(())
 }
 
 /// The blocks of one LZ4 frame read from `r`, in order.
@@ -77,6 +186,8 @@ pub(crate) struct FrameBlocks<R> {
     content_checksum: bool,
     ended: bool,
     buf: Vec<u8>,
+    /// Whether `buf` holds a block, stored uncompressed or not.
+    last: Option<bool>,
 }
 
 impl<R: Read> FrameBlocks<R> {
@@ -125,6 +236,7 @@ impl<R: Read> FrameBlocks<R> {
             content_checksum: flg & FLG_CONTENT_CHECKSUM != 0,
             ended: false,
             buf: Vec::new(),
+            last: None,
         })
     }
 
@@ -145,6 +257,7 @@ impl<R: Read> FrameBlocks<R> {
         let size = u32::from_le_bytes(word);
         if size == 0 {
             self.ended = true;
+            self.last = None;
             if self.content_checksum {
                 read_exact(&mut self.r, &mut word)?;
             }
@@ -159,11 +272,16 @@ impl<R: Read> FrameBlocks<R> {
         if self.block_checksums {
             read_exact(&mut self.r, &mut word)?;
         }
-        Ok(Some(if size & BLOCK_UNCOMPRESSED != 0 {
-            Block::Stored(&self.buf)
-        } else {
-            Block::Compressed(&self.buf)
-        }))
+        self.last = Some(size & BLOCK_UNCOMPRESSED != 0);
+        Ok(self.current())
+    }
+
+    /// The block [`FrameBlocks::next_block`] returned last, again.
+    pub(crate) fn current(&self) -> Option<Block<'_>> {
+        self.last.map(|stored| match stored {
+            true => Block::Stored(&self.buf),
+            false => Block::Compressed(&self.buf),
+        })
     }
 
     pub(crate) fn get_mut(&mut self) -> &mut R {
@@ -171,30 +289,12 @@ impl<R: Read> FrameBlocks<R> {
     }
 }
 
-/// The length an LZ4 block decodes to, found by walking its sequences
-/// (token, literal length, literals, offset, match length) without copying
-/// anything. Fails on a block that is not well formed.
-pub(crate) fn content_len(block: &[u8]) -> Result<usize, FormatError> {
-    let bad = || malformed("corrupt compressed block");
-    let mut pos = 0usize;
-    let mut out = 0usize;
-    loop {
-        let token = *block.get(pos).ok_or_else(bad)?;
-        pos += 1;
-        let literals = extended_len(block, &mut pos, usize::from(token >> 4))?;
-        pos = pos.checked_add(literals).ok_or_else(bad)?;
-        out += literals;
-        if pos == block.len() {
-            return Ok(out); // the last sequence has literals only
-        }
-        let offset = block.get(pos..pos + 2).ok_or_else(bad)?;
-        let offset = usize::from(u16::from_le_bytes([offset[0], offset[1]]));
-        pos += 2;
-        if offset == 0 || offset > out {
-            return Err(bad());
-        }
-        out += extended_len(block, &mut pos, usize::from(token & 0xF))? + MIN_MATCH;
-    }
+/// The length an LZ4 block decodes to, found by walking its sequences.
+#[cfg(test)]
+fn content_len(block: &[u8]) -> Result<usize, FormatError> {
+    let mut p = Progress::default();
+    sequences(block, &mut p, None, usize::MAX)?;
+    Ok(p.output)
 }
 
 /// A 4-bit length from a token, extended by following bytes when it is 15.
@@ -274,7 +374,24 @@ mod tests {
                 }
                 let len = b.content_len(max).unwrap();
                 let mut buf = vec![0; max];
-                assert_eq!(b.decode(&mut buf).unwrap(), len);
+                // Decoded in steps, resumed where each stopped, and whole
+                // at once: the same content, the same length.
+                let mut p = Progress::default();
+                let mut need = 0;
+                while !b.decode_until(&mut p, &mut buf, need).unwrap() {
+                    assert!(p.output() >= need);
+                    assert_eq!(b.finish_len(p, max).unwrap(), len);
+                    need += 5000;
+                }
+                assert_eq!(p.output(), len);
+                let mut whole = vec![0; max];
+                if let Block::Compressed(c) = b {
+                    assert_eq!(
+                        lz4_flex::block::decompress_into(c, &mut whole).unwrap(),
+                        len
+                    );
+                    assert_eq!(whole[..len], buf[..len]);
+                }
                 out.extend_from_slice(&buf[..len]);
             }
             assert_eq!(out, data);

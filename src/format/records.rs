@@ -10,7 +10,7 @@
 
 use std::io::Read;
 
-use super::blocks::FrameBlocks;
+use super::blocks::{FrameBlocks, Progress};
 use super::{check_indexed, FormatError, ObjectHeader, ObjectKind, Source};
 use crate::crypto::Keyring;
 
@@ -20,16 +20,20 @@ pub struct RecordReader<R: Read> {
     header: ObjectHeader,
     record_len: u64,
     records: u64,
-    /// The decoded content of the current block (`block_len` bytes of it),
-    /// which starts at content offset `block_start`.
-    block: Vec<u8>,
-    block_len: usize,
+    /// The current block (the one `blocks` returned last), when there is
+    /// one: where its content starts, how much of it is decoded into
+    /// `block`, and whether that is all of it.
+    current: bool,
     block_start: u64,
-    /// Where the next block's content (not read yet) starts.
-    next_start: u64,
+    progress: Progress,
+    block_done: bool,
+    block: Vec<u8>,
     /// The lowest record number that may still be read.
     next_record: u64,
     record: Vec<u8>,
+    /// Blocks decoded (in part) and blocks only walked, for the debug log.
+    decoded: u64,
+    walked: u64,
 }
 
 impl<R: Read> RecordReader<R> {
@@ -48,16 +52,24 @@ impl<R: Read> RecordReader<R> {
             record_len,
             records: header.page_records(),
             header,
-            block_len: 0,
+            current: false,
             block_start: 0,
-            next_start: 0,
+            progress: Progress::default(),
+            block_done: false,
             next_record: 0,
             record: vec![0; record_len as usize],
+            decoded: 0,
+            walked: 0,
         })
     }
 
     pub fn header(&self) -> &ObjectHeader {
         &self.header
+    }
+
+    /// Blocks decoded (in part) and blocks only walked so far.
+    pub fn blocks_read(&self) -> (u64, u64) {
+        (self.decoded, self.walked)
     }
 
     /// Reads page record `i` (0-based, in body order) into `page`, which is
@@ -75,15 +87,24 @@ impl<R: Read> RecordReader<R> {
         let end = start + self.record_len;
         let mut pos = start;
         while pos < end {
-            let block_end = self.block_start + self.block_len as u64;
-            if (self.block_start..block_end).contains(&pos) {
+            if !self.current {
+                self.advance(pos)?;
+                continue;
+            }
+            let have = self.block_start + self.progress.output() as u64;
+            if pos < have {
                 let from = (pos - self.block_start) as usize;
-                let to = (end.min(block_end) - self.block_start) as usize;
+                let to = (end.min(have) - self.block_start) as usize;
                 let at = (pos - start) as usize;
                 self.record[at..at + to - from].copy_from_slice(&self.block[from..to]);
                 pos = self.block_start + to as u64;
+            } else if !self.block_done {
+                // Decode only as far as this record reaches into the block.
+                let need = (end - self.block_start).min(self.block.len() as u64) as usize;
+                let block = self.blocks.current().ok_or_else(short)?;
+                self.block_done = block.decode_until(&mut self.progress, &mut self.block, need)?;
             } else {
-                self.load_block_holding(pos)?;
+                self.advance(pos)?;
             }
         }
         let pgno = match self.header.kind {
@@ -107,31 +128,44 @@ impl<R: Read> RecordReader<R> {
         Ok(pgno)
     }
 
-    /// Walks blocks up to the one whose content holds offset `pos`, and
-    /// decodes that one. A block that may hold it (the blocks walstream
-    /// writes are all full but the last) is decoded straight away; the others
-    /// are only walked for their length.
-    fn load_block_holding(&mut self, pos: u64) -> Result<(), FormatError> {
+    /// Where the content after the current block starts (its undecoded rest
+    /// is walked for its length); 0 before the first block.
+    fn leave_current(&mut self) -> Result<u64, FormatError> {
+        if !self.current {
+            return Ok(self.block_start);
+        }
+        self.current = false;
+        let len = match self.block_done {
+            true => self.progress.output(),
+            false => {
+                let block = self.blocks.current().ok_or_else(short)?;
+                block.finish_len(self.progress, self.block.len())?
+            }
+        };
+        self.block_start += len as u64;
+        Ok(self.block_start)
+    }
+
+    /// Moves to the block that may hold content offset `pos`: the blocks
+    /// before it are walked for their length, not decoded (the blocks
+    /// walstream writes are all full but the last, so the first block that
+    /// starts less than a maximum block before `pos` is the one).
+    fn advance(&mut self, pos: u64) -> Result<(), FormatError> {
+        let mut start = self.leave_current()?;
         let max = self.block.len();
         loop {
-            let block = self.blocks.next_block()?.ok_or_else(|| {
-                FormatError::Malformed("body shorter than its page records".into())
-            })?;
-            let start = self.next_start;
-            let len = if pos < start + max as u64 {
-                let len = block.decode(&mut self.block)?;
-                if pos < start + len as u64 {
-                    self.block_start = start;
-                    self.block_len = len;
-                    self.next_start = start + len as u64;
-                    return Ok(());
-                }
-                len
-            } else {
-                block.content_len(max)?
-            };
-            self.block_len = 0;
-            self.next_start = start + len as u64;
+            let block = self.blocks.next_block()?.ok_or_else(short)?;
+            if pos < start + max as u64 {
+                self.decoded += 1;
+                self.current = true;
+                self.block_start = start;
+                self.progress = Progress::default();
+                self.block_done = false;
+                return Ok(());
+            }
+            self.walked += 1;
+            start += block.content_len(max)? as u64;
+            self.block_start = start;
         }
     }
 
@@ -139,19 +173,24 @@ impl<R: Read> RecordReader<R> {
     /// content is exactly the page records, then the trailer (encrypted:
     /// every chunk's tag and the last chunk).
     pub fn finish(mut self) -> Result<(), FormatError> {
+        let mut end = self.leave_current()?;
         let max = self.block.len();
         while let Some(block) = self.blocks.next_block()? {
-            self.next_start += block.content_len(max)? as u64;
+            self.walked += 1;
+            end += block.content_len(max)? as u64;
         }
         let expected = self.records * self.record_len;
-        if self.next_start != expected {
+        if end != expected {
             return Err(FormatError::Malformed(format!(
-                "body holds {} bytes of page records, its header {expected}",
-                self.next_start
+                "body holds {end} bytes of page records, its header {expected}"
             )));
         }
         self.blocks.get_mut().finish()
     }
+}
+
+fn short() -> FormatError {
+    FormatError::Malformed("body shorter than its page records".into())
 }
 
 #[cfg(test)]

@@ -267,6 +267,14 @@ impl<'a> Output<'a> {
                 Err(e) => return Err(damaged(key, e)),
             }
         }
+        let (decoded, walked) = reader.blocks_read();
+        tracing::debug!(
+            key,
+            records = wanted.len(),
+            decoded,
+            walked,
+            "read selected page records"
+        );
         if check_end {
             reader.finish().map_err(|e| damaged(key, e))?;
         }

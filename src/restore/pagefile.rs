@@ -21,7 +21,7 @@ use std::os::fd::AsRawFd;
 use crate::checksum::PageHashes;
 
 /// Page cache of a restore, in bytes (4 MiB: 1024 pages of 4 KiB).
-pub(super) const CACHE_BYTES: usize = 4 << 20;
+pub(super) const CACHE_BYTES: usize = 1 << 20;
 
 /// At most this many pages go into one `pwritev` (Linux's `IOV_MAX`).
 const MAX_IOV: usize = 1024;
