@@ -759,6 +759,7 @@ def charts(res, args):
                         label=f"{t}, {'latest state' if point == 'latest' else 'middle point'}")
         ax.set_xscale("log")
         ax.set_xticks(ns, [f"{n:,}" for n in ns])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("one-row commits in the history (log scale)")
         ax.set_ylabel("restore wall time (s, median)")
         ax.set_ylim(bottom=0)
