@@ -1,10 +1,9 @@
 //! The restore's output file.
 //!
-//! Pages go into a bounded cache first, where a later version of a page
-//! replaces the earlier one before either reaches the disk (replaying a long
-//! history rewrites the same few pages thousands of times). The cache is
-//! written in page order, adjacent pages in one `pwritev`, straight from the
-//! buffers the pages were decoded into.
+//! Pages go into a bounded cache first and are written in page order,
+//! adjacent pages in one `pwritev`, straight from the buffers the pages were
+//! decoded into (a restore writes them newest first, in no particular page
+//! order; see `apply`).
 //!
 //! Every change made to the file (a page written, the length set) goes through
 //! [`PageFile`], which applies the same change to a [`PageHashes`] mirror at the
