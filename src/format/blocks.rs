@@ -80,7 +80,8 @@ impl Block<'_> {
     /// Decodes more of the block into `out` (its content from offset 0; as
     /// long as the frame's largest block), continuing from `p`, until at
     /// least `need` content bytes are there or the block ends. Returns
-    /// whether it ended.
+    /// whether it ended. A stored block is not copied: its content is the
+    /// block itself.
     pub(crate) fn decode_until(
         &self,
         p: &mut Progress,
@@ -88,17 +89,16 @@ impl Block<'_> {
         need: usize,
     ) -> Result<bool, FormatError> {
         match self {
-            Block::Stored(b) => {
-                let dst = out
-                    .get_mut(..b.len())
-                    .ok_or_else(|| malformed("stored block larger than the frame's maximum"))?;
-                dst.copy_from_slice(b);
+            // A stored block is its own content: nothing to copy, the
+            // caller reads it where it lies.
+            Block::Stored(b) if b.len() <= out.len() => {
                 *p = Progress {
                     input: b.len(),
                     output: b.len(),
                 };
                 Ok(true)
             }
+            Block::Stored(_) => Err(malformed("stored block larger than the frame's maximum")),
             Block::Compressed(b) => sequences(b, p, Some(out), need),
         }
     }
@@ -385,14 +385,15 @@ mod tests {
                 }
                 assert_eq!(p.output(), len);
                 let mut whole = vec![0; max];
-                if let Block::Compressed(c) = b {
-                    assert_eq!(
-                        lz4_flex::block::decompress_into(c, &mut whole).unwrap(),
-                        len
-                    );
-                    assert_eq!(whole[..len], buf[..len]);
+                match b {
+                    Block::Compressed(c) => {
+                        let n = lz4_flex::block::decompress_into(c, &mut whole).unwrap();
+                        assert_eq!((n, &whole[..len]), (len, &buf[..len]));
+                        out.extend_from_slice(&buf[..len]);
+                    }
+                    // A stored block is not copied: its bytes are the content.
+                    Block::Stored(raw) => out.extend_from_slice(raw),
                 }
-                out.extend_from_slice(&buf[..len]);
             }
             assert_eq!(out, data);
             assert!(kinds.0 > 0, "{kinds:?}");

@@ -10,7 +10,7 @@
 
 use std::io::Read;
 
-use super::blocks::{FrameBlocks, Progress};
+use super::blocks::{Block, FrameBlocks, Progress};
 use super::{check_indexed, FormatError, ObjectHeader, ObjectKind, Source};
 use crate::crypto::Keyring;
 
@@ -30,7 +30,6 @@ pub struct RecordReader<R: Read> {
     block: Vec<u8>,
     /// The lowest record number that may still be read.
     next_record: u64,
-    record: Vec<u8>,
     /// Blocks decoded (in part) and blocks only walked, for the debug log.
     decoded: u64,
     walked: u64,
@@ -57,7 +56,6 @@ impl<R: Read> RecordReader<R> {
             progress: Progress::default(),
             block_done: false,
             next_record: 0,
-            record: vec![0; record_len as usize],
             decoded: 0,
             walked: 0,
         })
@@ -85,6 +83,13 @@ impl<R: Read> RecordReader<R> {
         self.next_record = i + 1;
         let start = i * self.record_len;
         let end = start + self.record_len;
+        // A segment's record is the page number, then the page: bytes go
+        // straight from the block to where they belong.
+        let prefix: u64 = match self.header.kind {
+            ObjectKind::Segment => 4,
+            ObjectKind::Snapshot => 0,
+        };
+        let mut number = [0u8; 4];
         let mut pos = start;
         while pos < end {
             if !self.current {
@@ -93,11 +98,20 @@ impl<R: Read> RecordReader<R> {
             }
             let have = self.block_start + self.progress.output() as u64;
             if pos < have {
-                let from = (pos - self.block_start) as usize;
-                let to = (end.min(have) - self.block_start) as usize;
-                let at = (pos - start) as usize;
-                self.record[at..at + to - from].copy_from_slice(&self.block[from..to]);
-                pos = self.block_start + to as u64;
+                let to = end.min(have);
+                let mut src = self.content(pos - self.block_start, to - self.block_start)?;
+                let mut at = pos - start;
+                if at < prefix {
+                    let n = ((prefix - at) as usize).min(src.len());
+                    number[at as usize..at as usize + n].copy_from_slice(&src[..n]);
+                    src = &src[n..];
+                    at += n as u64;
+                }
+                if !src.is_empty() {
+                    let at = (at - prefix) as usize;
+                    page[at..at + src.len()].copy_from_slice(src);
+                }
+                pos = to;
             } else if !self.block_done {
                 // Decode only as far as this record reaches into the block.
                 let need = (end - self.block_start).min(self.block.len() as u64) as usize;
@@ -107,18 +121,11 @@ impl<R: Read> RecordReader<R> {
                 self.advance(pos)?;
             }
         }
-        let pgno = match self.header.kind {
-            ObjectKind::Snapshot => {
-                page.copy_from_slice(&self.record);
-                return u32::try_from(i + 1)
-                    .map_err(|_| FormatError::Malformed("too many pages".into()));
-            }
-            ObjectKind::Segment => {
-                let (number, bytes) = self.record.split_at(4);
-                page.copy_from_slice(bytes);
-                u32::from_be_bytes([number[0], number[1], number[2], number[3]])
-            }
-        };
+        if prefix == 0 {
+            return u32::try_from(i + 1)
+                .map_err(|_| FormatError::Malformed("too many pages".into()));
+        }
+        let pgno = u32::from_be_bytes(number);
         if pgno == 0 {
             return Err(FormatError::Malformed(
                 "page number 0 in a page record".into(),
@@ -126,6 +133,16 @@ impl<R: Read> RecordReader<R> {
         }
         check_indexed(&self.header, i as usize, pgno)?;
         Ok(pgno)
+    }
+
+    /// Bytes `from..to` of the current block's decoded content: a stored
+    /// block is read where it lies, a compressed one from what was decoded.
+    fn content(&self, from: u64, to: u64) -> Result<&[u8], FormatError> {
+        let (from, to) = (from as usize, to as usize);
+        match self.blocks.current().ok_or_else(short)? {
+            Block::Stored(b) => b.get(from..to).ok_or_else(short),
+            Block::Compressed(_) => Ok(&self.block[from..to]),
+        }
     }
 
     /// Where the content after the current block starts (its undecoded rest
