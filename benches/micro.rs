@@ -51,6 +51,7 @@ fn segment_header(n: u32) -> ObjectHeader {
             page_count: n,
             checksum: Some(0),
         }],
+        page_index: Some((1..=n).collect()),
     }
 }
 

@@ -10,7 +10,9 @@
 use std::io::{Read, Write};
 
 use crate::crypto::Keyring;
-use crate::format::{BodyReader, BodyWriter, FormatError, ObjectHeader, ObjectKind};
+use crate::format::{
+    BodyReader, BodyWriter, FormatError, ObjectHeader, ObjectKind, MAX_INDEXED_PAGES,
+};
 
 /// Most commit records in one compacted segment (its header holds 36 bytes
 /// for each, and readers keep the header in memory).
@@ -39,6 +41,9 @@ pub fn merged_header(headers: &[ObjectHeader]) -> Result<ObjectHeader, CompactEr
         _ => return Err(CompactError::Empty("fewer than two segments")),
     };
     let mut commits = Vec::new();
+    // The inputs' page indexes, concatenated like their bodies; an input
+    // without one (written before indexes existed) leaves the merge without.
+    let mut page_index = Some(Vec::new());
     for (index, h) in headers.iter().enumerate() {
         let reason = if h.kind != ObjectKind::Segment {
             Some("not a segment".to_string())
@@ -61,6 +66,13 @@ pub fn merged_header(headers: &[ObjectHeader]) -> Result<ObjectHeader, CompactEr
             return Err(CompactError::NotContiguous { index, reason });
         }
         commits.extend_from_slice(&h.commits);
+        page_index = match (page_index, &h.page_index) {
+            (Some(mut all), Some(ix)) if (all.len() + ix.len()) as u64 <= MAX_INDEXED_PAGES => {
+                all.extend_from_slice(ix);
+                Some(all)
+            }
+            _ => None,
+        };
     }
     Ok(ObjectHeader {
         kind: ObjectKind::Segment,
@@ -70,6 +82,7 @@ pub fn merged_header(headers: &[ObjectHeader]) -> Result<ObjectHeader, CompactEr
         page_size: first.page_size,
         wal: last.wal,
         commits,
+        page_index,
     })
 }
 
@@ -124,6 +137,16 @@ mod tests {
     use crate::format::{decode_all, encode_segment, CommitRecord};
 
     fn segment(lineage: u64, first_txid: u64, pages: &[&[(u32, u8)]]) -> (ObjectHeader, Vec<u8>) {
+        segment_indexed(lineage, first_txid, pages, true)
+    }
+
+    fn segment_indexed(
+        lineage: u64,
+        first_txid: u64,
+        pages: &[&[(u32, u8)]],
+        indexed: bool,
+    ) -> (ObjectHeader, Vec<u8>) {
+        let index = pages.iter().flat_map(|p| p.iter().map(|&(n, _)| n));
         let commits: Vec<CommitRecord> = pages
             .iter()
             .enumerate()
@@ -143,6 +166,7 @@ mod tests {
             page_size: 512,
             wal: None,
             commits,
+            page_index: indexed.then(|| index.collect()),
         };
         let bufs: Vec<(u32, Vec<u8>)> = pages
             .iter()
@@ -179,6 +203,29 @@ mod tests {
                 (14, 1, 7)
             ]
         );
+    }
+
+    /// The merged index is the inputs' indexes in order (checked against the
+    /// merged body when it is read back); one input without an index leaves
+    /// the merge without one, and it still reads.
+    #[test]
+    fn merged_index_concatenates_the_inputs_or_is_absent() {
+        let a = segment(7, 10, &[&[(1, 1), (2, 2)], &[(1, 3)]]);
+        let b = segment(7, 12, &[&[(4, 4), (3, 5)]]);
+        let headers = vec![a.0.clone(), b.0.clone()];
+        let (merged, bytes) =
+            write_merged(&headers, [a.1.as_slice(), b.1.as_slice()], Vec::new()).unwrap();
+        assert_eq!(merged.page_index, Some(vec![1, 2, 1, 4, 3]));
+        let (h, _) = decode_all(&bytes, &Keyring::default()).unwrap();
+        assert_eq!(h.page_index, Some(vec![1, 2, 1, 4, 3]));
+
+        let old = segment_indexed(7, 12, &[&[(4, 4), (3, 5)]], false);
+        let headers = vec![a.0.clone(), old.0.clone()];
+        let (merged, bytes) =
+            write_merged(&headers, [a.1.as_slice(), old.1.as_slice()], Vec::new()).unwrap();
+        assert_eq!(merged.page_index, None);
+        let (_, pages) = decode_all(&bytes, &Keyring::default()).unwrap();
+        assert_eq!(pages.len(), 5);
     }
 
     #[test]

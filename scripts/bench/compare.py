@@ -355,18 +355,25 @@ def run_ingest_restore(tool, args, work):
     }
 
 
-def restore_once(tool, args, replica, out):
+def restore_once(tool, args, replica, out, extra=()):
     if os.path.exists(out):
         os.unlink(out)
     if tool == "walstream":
-        cmd = [args.walstream, "restore", "-o", out, replica]
+        cmd = [args.walstream, "restore", *extra, "-o", out, replica]
     else:
-        cmd = [args.litestream, "restore", "-o", out, f"file://{replica}"]
-    r = subprocess.run(["/usr/bin/time", "-f", "TIME %e %M"] + cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"{tool} restore failed: {r.stderr[-2000:]}")
-    line = [l for l in r.stderr.splitlines() if l.startswith("TIME ")][-1]
-    _, wall, rss = line.split()
+        cmd = [args.litestream, "restore", *extra, "-o", out, f"file://{replica}"]
+    # Wall time from fork to exit, peak RSS from the child's rusage (both
+    # finer than /usr/bin/time's 10 ms).
+    err = tempfile.TemporaryFile()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        err.seek(0)
+        raise RuntimeError(f"{tool} restore failed: {err.read().decode(errors='replace')[-2000:]}")
+    rss = usage.ru_maxrss  # KiB on Linux
     c = sqlite3.connect(out)
     rows = c.execute("SELECT count(*) FROM t").fetchone()[0]
     c.close()
@@ -442,6 +449,75 @@ def run_many(tool, args, work, count):
     for db in dbs:
         rm(os.path.dirname(db))
     return {"rss_mb": rss, "peak_rss_mb": hwm}
+
+
+def iso_ms(t):
+    """RFC 3339 UTC with milliseconds, which both tools accept."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+
+
+def build_history(tool, args, work, commits):
+    """A fresh database with TOOL replicating it, then COMMITS one-row commits
+    (200 random bytes, --history-interval apart: the history.sh application).
+    Returns the replica and the middle point: its time and the rows then."""
+    with replicated(tool, args, work) as (db, rep, conn):
+        t0 = time.perf_counter()
+        mid = None
+        for i in range(commits):
+            conn.execute("INSERT INTO t(seq, ts, v) VALUES (?, 0, randomblob(200))", (i,))
+            if i == commits // 2:
+                mid = {"time": time.time(), "rows": conn.execute("SELECT count(*) FROM t").fetchone()[0]}
+            time.sleep(args.history_interval)
+        commit_s = time.perf_counter() - t0
+        rows = conn.execute("SELECT count(*) FROM t").fetchone()[0]
+        # Both tools ship what is committed on SIGTERM; the quiet time lets
+        # walstream's last merge and Litestream's pending sync finish first.
+        time.sleep(args.quiet)
+    files, size = dir_stats(rep.replicas[0])
+    log(f"  {tool}: {commits} commits in {commit_s:.0f} s, replica {files} files, {size / 1e6:.1f} MB")
+    return {"db": db, "replica": rep.replicas[0], "rows": rows, "mid": mid,
+            "files": files, "replica_mb": size / 1e6, "db_mb": os.path.getsize(db) / 1e6}
+
+
+def restore_at(tool, args, replica, out, when=None):
+    """restore_once, at the latest state or at time WHEN (seconds since the epoch)."""
+    extra = []
+    if when is not None:
+        extra = ["--timestamp", iso_ms(when)] if tool == "walstream" else ["-timestamp", iso_ms(when)]
+    return restore_once(tool, args, replica, out, extra)
+
+
+def run_history(args, work, commits):
+    """Per round: a history for each tool, then restores of the latest state
+    and of the middle point, alternating tools restore by restore."""
+    runs = {t: {"latest": [], "mid": [], "histories": []} for t in TOOLS}
+    for r in range(args.rounds):
+        hist = {}
+        for t in TOOLS:
+            log(f"history {commits} round {r + 1}: {t} (load {load()})")
+            hist[t] = build_history(t, args, work, commits)
+        out = os.path.join(work, "restored.db")
+        for _ in range(args.restores):
+            for t in TOOLS:
+                h = hist[t]
+                y = restore_at(t, args, h["replica"], out)
+                if y["rows"] != h["rows"]:
+                    raise RuntimeError(f"{t} restore has {y['rows']} rows, the source {h['rows']}")
+                y["load"] = load()
+                runs[t]["latest"].append(y)
+                z = restore_at(t, args, h["replica"], out, h["mid"]["time"])
+                z["expected_rows"], z["load"] = h["mid"]["rows"], load()
+                runs[t]["mid"].append(z)
+                log(f"  {t}: latest {y['wall_s']:.3f} s {y['peak_rss_mb']:.0f} MB, "
+                    f"middle {z['wall_s']:.3f} s {z['peak_rss_mb']:.0f} MB ({z['rows']} rows, {h['mid']['rows']} then)")
+        for t in TOOLS:
+            h = hist.pop(t)
+            rm(os.path.dirname(h["db"]))
+            runs[t]["histories"].append({k: h[k] for k in ("rows", "files", "replica_mb", "db_mb")})
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(out + suffix):
+                os.unlink(out + suffix)
+    return runs
 
 
 # ---------------------------------------------------------------- driver
@@ -528,6 +604,8 @@ def main_all(args):
                     log(f"  RSS {x['rss_mb']:.0f} MB, peak {x['peak_rss_mb']:.0f} MB")
                     runs.setdefault(str(n), {})[t] = x
             res["many"] = runs
+        if "history" in args.only:
+            res["history"] = {str(n): run_history(args, work, n) for n in args.history}
     finally:
         rm(work)
     res["load_after"], res["io_pressure_after"] = load(), io_pressure()
@@ -606,6 +684,23 @@ def report(res, args, out):
             p(f"| {t} | " + " | ".join(f"{statistics.median(r['per_hour'].get(k, 0) for r in S[t]):.0f}" for k in kinds)
               + f" | {med(S[t], 'total_per_hour'):.0f} | {fmt_runs(S[t], 'total_per_hour', '{:.0f}')} |")
         p("")
+    if "history" in res:
+        H = res["history"]
+        p(f"### Restore after a long history (one-row commits of 200 bytes, {args.history_interval * 1000:g} ms apart; latest state and the middle point)\n")
+        p("| commits | database MB | replica files (walstream / Litestream) | restore latest s, walstream | Litestream | ratio | restore middle s, walstream | Litestream | ratio | peak RSS MB (latest, middle), walstream | Litestream |")
+        p("|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|")
+        for n, v in H.items():
+            w, l = v["walstream"], v["litestream"]
+            wl, ll, wm, lm = med(w["latest"], "wall_s"), med(l["latest"], "wall_s"), med(w["mid"], "wall_s"), med(l["mid"], "wall_s")
+            files = f"{statistics.median(h['files'] for h in w['histories']):.0f} / {statistics.median(h['files'] for h in l['histories']):.0f}"
+            p(f"| {int(n):,} | {statistics.median(h['db_mb'] for h in w['histories']):.1f} | {files} | "
+              f"**{wl:.3f}** ({fmt_runs(w['latest'], 'wall_s', '{:.3f}')}) | {ll:.3f} ({fmt_runs(l['latest'], 'wall_s', '{:.3f}')}) | {ratio(ll, wl)}x | "
+              f"**{wm:.3f}** ({fmt_runs(w['mid'], 'wall_s', '{:.3f}')}) | {lm:.3f} ({fmt_runs(l['mid'], 'wall_s', '{:.3f}')}) | {ratio(lm, wm)}x | "
+              f"{med(w['latest'], 'peak_rss_mb'):.0f}, {med(w['mid'], 'peak_rss_mb'):.0f} | {med(l['latest'], 'peak_rss_mb'):.0f}, {med(l['mid'], 'peak_rss_mb'):.0f} |")
+        p("\nratio: Litestream's time / walstream's (above 1: walstream faster). Middle-point rows restored (expected at that time): "
+          + "; ".join(f"{n}: walstream {sorted(set(z['rows'] for z in v['walstream']['mid']))}, Litestream {sorted(set(z['rows'] for z in v['litestream']['mid']))} "
+                      f"({sorted(set(z['expected_rows'] for z in v['walstream']['mid']))})" for n, v in H.items())
+          + "; load per restore: " + "; ".join(f"{n}: " + ", ".join(z["load"].split()[0] for t in TOOLS for z in v[t]["latest"]) for n, v in H.items()) + "\n")
     if "many" in res:
         M = res["many"]
         p(f"### Memory with many databases in one process ({args.many_seconds:g} s, one commit per database per second)\n")
@@ -656,6 +751,28 @@ def charts(res, args):
         fig.savefig(path)
         log(f"wrote {path}")
 
+    if "history" in res and args.img:
+        H = res["history"]
+        ns = sorted(int(n) for n in H)
+        fig, ax = plt.subplots(figsize=(7, 3.8), dpi=90)
+        for t, color in zip(TOOLS, ("tab:blue", "tab:orange")):
+            for point, style in (("latest", "-o"), ("mid", "--s")):
+                ax.plot(ns, [med(H[str(n)][t][point], "wall_s") for n in ns], style, color=color,
+                        label=f"{t}, {'latest state' if point == 'latest' else 'middle point'}")
+        ax.set_xscale("log")
+        ax.set_xticks(ns, [f"{n:,}" for n in ns])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel("one-row commits in the history (log scale)")
+        ax.set_ylabel("restore wall time (s, median)")
+        ax.set_ylim(bottom=0)
+        ax.set_title("Restore after a long history, local replica")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        path = os.path.join(args.img, "history.png")
+        fig.savefig(path)
+        log(f"wrote {path}")
+
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "watch":
@@ -674,7 +791,10 @@ def main():
     ap.add_argument("--seconds", type=float, default=10, help="throughput run length")
     ap.add_argument("--ingest-mb", type=int, default=200)
     ap.add_argument("--quiet", type=float, default=5.0, help="seconds without a new file that end catch-up")
-    ap.add_argument("--restores", type=int, default=2, help="restores per ingest run")
+    ap.add_argument("--restores", type=int, default=2, help="restores per ingest run (history: per point and round)")
+    ap.add_argument("--history", default="5000,20000,80000",
+                    help="history lengths in commits for --only history (comma-separated)")
+    ap.add_argument("--history-interval", type=float, default=0.001, help="seconds between history commits")
     ap.add_argument("--storage-minutes", type=float, default=2)
     ap.add_argument("--storage-interval", type=float, default=0.01)
     ap.add_argument("--many", default="1,10,100")
@@ -697,6 +817,7 @@ def main():
         charts(res, args)
         return
     args.many = [int(x) for x in args.many.split(",")]
+    args.history = [int(x) for x in args.history.split(",")]
     main_all(args)
 
 

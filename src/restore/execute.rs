@@ -6,14 +6,13 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 
+use super::apply::{Finished, Output};
 use super::fetch::{ObjectStream, Prefetch};
-use super::pagefile::{PageFile, CACHE_BYTES};
 use super::plan::RestorePlan;
 use super::RestoreOptions;
-use crate::catalog::{check_name, ObjectInfo};
-use crate::crypto::Keyring;
+use crate::catalog::ObjectInfo;
 use crate::error::RestoreError;
-use crate::format::{BodyReader, CommitRecord, FormatError, ObjectHeader, ObjectKind};
+use crate::format::FormatError;
 use crate::store::ObjectStore;
 
 /// Which check SQLite runs on the restored database before it is published.
@@ -60,7 +59,7 @@ impl From<RestoreError> for Failure {
 
 /// A missing or wrong key is not damage: planning around the object would
 /// only hide what the user has to fix.
-fn damaged(key: &str, source: FormatError) -> Failure {
+pub(super) fn damaged(key: &str, source: FormatError) -> Failure {
     let key_problem = matches!(&source, FormatError::Crypto(c) if c.is_key_problem());
     let error = RestoreError::Format {
         key: key.to_string(),
@@ -150,51 +149,49 @@ pub(super) fn execute(
             p(done, total)
         }
     };
-    let keys = std::iter::once(&plan.snapshot)
-        .chain(&plan.segments)
+    // Newest first: the snapshot comes last (see `apply`).
+    let keys = plan
+        .segments
+        .iter()
+        .rev()
+        .chain(std::iter::once(&plan.snapshot))
         .map(|o| (o.key.clone(), o.size))
         .collect();
     let mut objects = Prefetch::start(&rt, Arc::clone(store), keys);
+    let mut output = Output::new(file, &tmp.path, &opts.keys, plan.lineage, plan.target_txid);
     let mut done = 0u64;
-    let (snap_header, pages) = write_snapshot(
-        next_object(&mut objects, &plan.snapshot)?,
-        &plan.snapshot,
-        file,
-        &tmp.path,
-        &opts.keys,
-    )?;
-    done += plan.snapshot.size;
-    progress(done);
-    let page_size = snap_header.page_size;
-    let mut applied = Applied {
-        pages,
-        path: &tmp.path,
-        page_size,
-        target: plan.target_txid,
-        last: snap_header.commits[0],
-    };
-    for seg in &plan.segments {
+    for seg in plan.segments.iter().rev() {
         let stream = next_object(&mut objects, seg)?;
-        apply_segment(stream, seg, plan, &mut applied, &opts.keys)?;
+        output.apply_segment(stream, seg, plan.snapshot.max_txid)?;
         done += seg.size;
         progress(done);
     }
+    let stream = next_object(&mut objects, &plan.snapshot)?;
+    output.apply_snapshot(stream, &plan.snapshot)?;
+    progress(total);
     drop(objects);
-    let Applied { pages, last, .. } = applied;
-    if last.txid != plan.target_txid {
-        return Err(Failure::Fatal(RestoreError::NoChain {
-            target: format!("txid {}", plan.target_txid),
-            reason: format!("the planned objects end at txid {}", last.txid),
-        }));
-    }
-    let (file, checksum) = pages.finish(last.db_pages).map_err(io(&tmp.path))?;
+    let Finished {
+        file,
+        checksum,
+        target: last,
+        page_size,
+    } = output.finish()?;
     if let Some(expected) = last.checksum {
         if expected != checksum {
-            return Err(Failure::Fatal(RestoreError::ChecksumMismatch {
+            let error = RestoreError::ChecksumMismatch {
                 txid: last.txid,
                 expected,
                 actual: checksum,
-            }));
+            };
+            // Restoring the snapshot alone: it is what disagrees with its own
+            // recorded checksum, and an older one may reach the same txid.
+            if plan.segments.is_empty() {
+                return Err(Failure::Damaged {
+                    key: plan.snapshot.key.clone(),
+                    error,
+                });
+            }
+            return Err(Failure::Fatal(error));
         }
     }
     sync_and_check(file, &tmp.path, opts.integrity_check)?;
@@ -248,176 +245,6 @@ fn sync_and_check(file: File, path: &Path, check: IntegrityCheck) -> Result<(), 
         synced.map_err(io)?;
         checked
     })
-}
-
-/// Streams the snapshot into `file`; returns its header and the output with
-/// the snapshot's pages, proven against the snapshot's recorded checksum.
-fn write_snapshot(
-    mut stream: ObjectStream,
-    info: &ObjectInfo,
-    file: File,
-    path: &Path,
-    keys: &Keyring,
-) -> Result<(ObjectHeader, PageFile), Failure> {
-    let header = ObjectHeader::decode(&mut stream).map_err(|e| damaged(&info.key, e))?;
-    check_name(info, &header).map_err(|e| Failure::Damaged {
-        key: info.key.clone(),
-        error: RestoreError::Mismatch {
-            key: info.key.clone(),
-            reason: e.to_string(),
-        },
-    })?;
-    if header.kind != ObjectKind::Snapshot {
-        return Err(damaged(
-            &info.key,
-            FormatError::Malformed("not a snapshot".into()),
-        ));
-    }
-    let commit = header.commits[0];
-    let mut body =
-        BodyReader::new(stream, header.clone(), keys).map_err(|e| damaged(&info.key, e))?;
-    let mut out = PageFile::new(file, header.page_size, CACHE_BYTES);
-    let io = |source| {
-        Failure::Fatal(RestoreError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
-    loop {
-        let mut page = out.buffer();
-        match body
-            .next_page(&mut page)
-            .map_err(|e| damaged(&info.key, e))?
-        {
-            Some(r) => out.put(r.pgno, page).map_err(io)?,
-            None => {
-                out.recycle(page);
-                break;
-            }
-        }
-    }
-    body.finish().map_err(|e| damaged(&info.key, e))?;
-    out.flush().map_err(io)?;
-    let (checksum, pages) = out.state();
-    if pages != commit.db_pages || commit.checksum != Some(checksum) {
-        return Err(damaged(
-            &info.key,
-            FormatError::Malformed("snapshot pages do not match its recorded checksum".into()),
-        ));
-    }
-    Ok((header, out))
-}
-
-/// Where the output stands while segments are applied.
-struct Applied<'a> {
-    pages: PageFile,
-    path: &'a Path,
-    page_size: u32,
-    target: u64,
-    /// The last commit applied.
-    last: CommitRecord,
-}
-
-impl Applied<'_> {
-    fn io(&self, source: std::io::Error) -> Failure {
-        Failure::Fatal(RestoreError::Io {
-            path: self.path.to_path_buf(),
-            source,
-        })
-    }
-
-    /// Whether `c`'s pages are to be written: false for a commit already
-    /// applied (a compacted segment overlapping the one before it) or after
-    /// the target.
-    fn wanted(&self, key: &str, c: &CommitRecord) -> Result<bool, Failure> {
-        if c.txid <= self.last.txid || c.txid > self.target {
-            return Ok(false);
-        }
-        if c.txid != self.last.txid + 1 {
-            return Err(damaged(
-                key,
-                FormatError::Malformed(format!("txid {} follows {}", c.txid, self.last.txid)),
-            ));
-        }
-        Ok(true)
-    }
-
-    /// Ends commit `c` once all its pages are written: the database is
-    /// `c.db_pages` long from here (growth shows when pages are written or
-    /// at the end; shrinking drops later pages now).
-    fn finish_commit(&mut self, key: &str, c: &CommitRecord) -> Result<(), Failure> {
-        if !self.wanted(key, c)? {
-            return Ok(());
-        }
-        self.pages.truncate(c.db_pages).map_err(|e| self.io(e))?;
-        self.last = *c;
-        Ok(())
-    }
-}
-
-/// Streams one segment into the output: each page is decoded into a buffer
-/// of the output's bounded cache, so memory does not grow with the segment's
-/// size. A segment found damaged part-way fails the whole attempt, whose
-/// output is discarded.
-fn apply_segment(
-    mut stream: ObjectStream,
-    info: &ObjectInfo,
-    plan: &RestorePlan,
-    out: &mut Applied<'_>,
-    keys: &Keyring,
-) -> Result<(), Failure> {
-    let key = info.key.as_str();
-    let header = ObjectHeader::decode(&mut stream).map_err(|e| damaged(key, e))?;
-    check_name(info, &header).map_err(|e| damaged(key, FormatError::Malformed(e.to_string())))?;
-    if header.page_size != out.page_size || header.lineage != plan.lineage {
-        return Err(damaged(
-            key,
-            FormatError::Malformed("page size or lineage differs from the snapshot".into()),
-        ));
-    }
-    let commits = header.commits.clone();
-    let mut body = BodyReader::new(stream, header, keys).map_err(|e| damaged(key, e))?;
-    let mut ended = 0;
-    let mut stopped_early = false;
-    loop {
-        let mut page = out.pages.buffer();
-        let Some(r) = body.next_page(&mut page).map_err(|e| damaged(key, e))? else {
-            out.pages.recycle(page);
-            break;
-        };
-        while ended < r.commit {
-            out.finish_commit(key, &commits[ended])?;
-            ended += 1;
-        }
-        let c = &commits[r.commit];
-        if c.txid > out.target {
-            out.pages.recycle(page);
-            stopped_early = true;
-            break;
-        }
-        if out.wanted(key, c)? {
-            out.pages.put(r.pgno, page).map_err(|e| out.io(e))?;
-        } else {
-            out.pages.recycle(page);
-        }
-    }
-    for c in &commits[ended..] {
-        out.finish_commit(key, c)?;
-    }
-    // Stopping early at the target leaves the rest of a large segment unread:
-    // its trailer is then unchecked, and the recorded checksum proves the
-    // result instead. Without one, or when everything was read anyway, the
-    // trailer is checked.
-    if !stopped_early || out.last.checksum.is_none() {
-        let mut page = vec![0u8; out.page_size as usize];
-        while body
-            .next_page(&mut page)
-            .map_err(|e| damaged(key, e))?
-            .is_some()
-        {}
-        body.finish().map_err(|e| damaged(key, e))?;
-    }
-    Ok(())
 }
 
 fn integrity_check(path: &Path, check: IntegrityCheck) -> Result<(), RestoreError> {

@@ -28,8 +28,9 @@ pub(super) const OBJECTS_AHEAD: usize = 8;
 const CHUNK: usize = 256 << 10;
 /// Chunks read ahead per object.
 const CHUNKS_AHEAD: usize = 2;
-/// Objects up to this size are fetched whole.
-const SMALL: u64 = (CHUNK * CHUNKS_AHEAD) as u64;
+/// Objects up to this size are fetched whole (1 MiB: a compacted segment of
+/// small commits, about 800 KiB, is one read rather than a stream of chunks).
+const SMALL: u64 = 1 << 20;
 
 type Opened = Result<ObjectStream, StoreError>;
 

@@ -1,6 +1,7 @@
 //! Restore: plan (see [`plan`]), then execute into a temporary file that becomes
 //! the output only after its checksum and SQLite's own check pass.
 
+mod apply;
 pub mod choose;
 mod execute;
 mod fetch;

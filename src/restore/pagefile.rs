@@ -1,10 +1,9 @@
 //! The restore's output file.
 //!
-//! Pages go into a bounded cache first, where a later version of a page
-//! replaces the earlier one before either reaches the disk (replaying a long
-//! history rewrites the same few pages thousands of times). The cache is
-//! written in page order, adjacent pages in one `pwritev`, straight from the
-//! buffers the pages were decoded into.
+//! Pages go into a bounded cache first and are written in page order,
+//! adjacent pages in one `pwritev`, straight from the buffers the pages were
+//! decoded into (a restore writes them newest first, in no particular page
+//! order; see `apply`).
 //!
 //! Every change made to the file (a page written, the length set) goes through
 //! [`PageFile`], which applies the same change to a [`PageHashes`] mirror at the
@@ -21,7 +20,7 @@ use std::os::fd::AsRawFd;
 use crate::checksum::PageHashes;
 
 /// Page cache of a restore, in bytes (4 MiB: 1024 pages of 4 KiB).
-pub(super) const CACHE_BYTES: usize = 4 << 20;
+pub(super) const CACHE_BYTES: usize = 1 << 20;
 
 /// At most this many pages go into one `pwritev` (Linux's `IOV_MAX`).
 const MAX_IOV: usize = 1024;
@@ -82,17 +81,6 @@ impl PageFile {
         Ok(())
     }
 
-    /// The database is `pages` long from now on: later pages are dropped,
-    /// whether cached or already in the file.
-    pub(super) fn truncate(&mut self, pages: u32) -> io::Result<()> {
-        let dropped = self.cache.split_off(&pages.saturating_add(1));
-        self.spare.extend(dropped.into_values());
-        if self.hashes.pages() > pages {
-            self.set_len(pages)?;
-        }
-        Ok(())
-    }
-
     /// Writes every cached page into the file.
     pub(super) fn flush(&mut self) -> io::Result<()> {
         let cache = std::mem::take(&mut self.cache);
@@ -111,12 +99,6 @@ impl PageFile {
         Ok(())
     }
 
-    /// Whole-database checksum and length in pages of the file as written so
-    /// far (cached pages not included: call [`PageFile::flush`] first).
-    pub(super) fn state(&self) -> (u64, u32) {
-        (self.hashes.checksum(), self.hashes.pages())
-    }
-
     /// Writes everything, sets the length to `pages` and checks that the
     /// file's length is what the mirror says. Returns the file and its
     /// whole-database checksum.
@@ -133,7 +115,9 @@ impl PageFile {
         Ok((self.file, self.hashes.checksum()))
     }
 
-    fn set_len(&mut self, pages: u32) -> io::Result<()> {
+    /// Sets the file's length to `pages` (zero-filled when it grows). Cached
+    /// pages are not dropped: call it before any page past `pages` is put.
+    pub(super) fn set_len(&mut self, pages: u32) -> io::Result<()> {
         self.file
             .set_len(u64::from(pages) * u64::from(self.page_size))?;
         self.hashes.resize(pages);
@@ -232,10 +216,11 @@ mod tests {
         (sum, (bytes.len() / PS as usize) as u32)
     }
 
-    /// Random writes, rewrites and truncations through a tiny cache (so the
-    /// cache is written many times, in runs and alone): the file ends with the
-    /// last version of every page, zeros in holes, and the mirror's checksum
-    /// equals one computed by reading the file back.
+    /// Random writes and rewrites through a tiny cache (so the cache is
+    /// written many times, in runs and alone) into a file sized first, as a
+    /// restore does: the file ends with the last version of every page, zeros
+    /// in holes, and the mirror's checksum equals one computed by reading the
+    /// file back.
     #[test]
     fn mirror_equals_the_file_and_last_writes_win() {
         let dir = tempfile::tempdir().unwrap();
@@ -249,7 +234,9 @@ mod tests {
                 .open(&path)
                 .unwrap();
             let mut pf = PageFile::new(file, PS, cache_pages * PS as usize);
-            let mut model: Vec<Vec<u8>> = Vec::new();
+            let final_pages = 70;
+            pf.set_len(final_pages as u32).unwrap();
+            let mut model: Vec<Vec<u8>> = vec![page(0); final_pages];
             let mut seed = 0x9E37_79B9_u32;
             let mut next = |m: u32| {
                 seed ^= seed << 13;
@@ -258,45 +245,16 @@ mod tests {
                 seed % m
             };
             for step in 0..400u32 {
-                if step % 37 == 36 {
-                    let pages = next(40);
-                    pf.truncate(pages).unwrap();
-                    model.truncate(pages as usize);
-                    continue;
-                }
                 let pgno = next(60) + 1;
                 let fill = (step % 251) as u8 + 1;
                 let mut buf = pf.buffer();
                 buf.fill(fill);
                 pf.put(pgno, buf).unwrap();
-                if model.len() < pgno as usize {
-                    model.resize(pgno as usize, page(0));
-                }
                 model[pgno as usize - 1] = page(fill);
             }
-            let final_pages = 70;
-            model.resize(final_pages, page(0));
             let (_file, checksum) = pf.finish(final_pages as u32).unwrap();
             assert_eq!(std::fs::read(&path).unwrap(), model.concat());
             assert_eq!(disk_checksum(&path), (checksum, final_pages as u32));
         }
-    }
-
-    #[test]
-    fn truncate_drops_cached_pages_beyond_the_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out");
-        let file = File::create(&path).unwrap();
-        let mut pf = PageFile::new(file, PS, CACHE_BYTES);
-        pf.put(1, page(1)).unwrap();
-        pf.put(5, page(5)).unwrap();
-        pf.truncate(2).unwrap();
-        let (_f, checksum) = pf.finish(5).unwrap();
-        let mut expected = page(1);
-        for _ in 0..4 {
-            expected.extend(page(0));
-        }
-        assert_eq!(std::fs::read(&path).unwrap(), expected);
-        assert_eq!(disk_checksum(&path).0, checksum);
     }
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use super::{position, Engine, Lineage};
 use crate::capture::spool::Spool;
 use crate::error::CaptureError;
-use crate::format::{BodyWriter, CommitRecord, ObjectHeader, ObjectKind};
+use crate::format::{BodyWriter, CommitRecord, ObjectHeader, ObjectKind, MAX_INDEXED_PAGES};
 use crate::store::{PutMode, StoreError};
 use crate::wal::{WalCommit, WalFile, WalHeader};
 
@@ -86,14 +86,22 @@ pub(super) fn build_segment(
 ) -> Result<(ObjectHeader, SegmentBody), CaptureError> {
     let page_size = batch.header.page_size;
     let bytes: usize = batch.commits.iter().map(|c| page_bytes(c, page_size)).sum();
-    let header_len = ObjectHeader::encoded_len(batch.commits.len());
+    // The last version of each page every commit wrote: the page records.
+    let latest: Vec<Vec<(u32, u32)>> = batch.commits.iter().map(|c| c.latest_frames()).collect();
+    let records: usize = latest.iter().map(Vec::len).sum();
+    let indexed = if records as u64 <= MAX_INDEXED_PAGES {
+        records
+    } else {
+        0
+    };
+    let header_len = ObjectHeader::encoded_len(batch.commits.len(), indexed);
     if batch.commits.len() == 1 && bytes > SEGMENT_BYTES {
-        return build_spooled(lin, batch, spool_dir, header_len);
+        return build_spooled(lin, batch, &latest, spool_dir, header_len);
     }
     // Room for the whole body when the pages do not compress: no reallocation.
     let mut out = Vec::with_capacity(header_len + bytes + bytes / 64 + 64);
     out.resize(header_len, 0);
-    let (header, mut out) = encode(lin, batch, out)?;
+    let (header, mut out) = encode(lin, batch, &latest, out)?;
     out[..header_len].copy_from_slice(&header.encode());
     Ok((header, SegmentBody::Memory(Bytes::from(out))))
 }
@@ -101,6 +109,7 @@ pub(super) fn build_segment(
 fn build_spooled(
     lin: &mut Lineage,
     batch: &Batch,
+    latest: &[Vec<(u32, u32)>],
     spool_dir: &Path,
     header_len: usize,
 ) -> Result<(ObjectHeader, SegmentBody), CaptureError> {
@@ -114,32 +123,36 @@ fn build_spooled(
     };
     let mut out = BufWriter::with_capacity(1 << 20, spool.file.try_clone().map_err(io)?);
     out.write_all(&vec![0; header_len]).map_err(io)?;
-    let (header, out) = encode(lin, batch, out)?;
+    let (header, out) = encode(lin, batch, latest, out)?;
     let file: File = out.into_inner().map_err(|e| io(e.into_error()))?;
     file.write_all_at(&header.encode(), 0).map_err(io)?;
     // No fsync: the spool is only read back for the upload.
     Ok((header, SegmentBody::Spooled(spool)))
 }
 
-/// Writes the body of `batch` after what `out` holds (the header's room) and
-/// returns the header that belongs in front of it.
+/// Writes the body of `batch` (`latest`: each commit's page records) after
+/// what `out` holds (the header's room) and returns the header that belongs
+/// in front of it, with a page index unless it would exceed
+/// [`MAX_INDEXED_PAGES`].
 fn encode<W: Write>(
     lin: &mut Lineage,
     batch: &Batch,
+    latest: &[Vec<(u32, u32)>],
     out: W,
 ) -> Result<(ObjectHeader, W), CaptureError> {
     let (wal, h) = (batch.wal, batch.header);
     let mut body = BodyWriter::new(out, ObjectKind::Segment);
     let mut page = vec![0u8; h.page_size as usize];
     let mut commits = Vec::with_capacity(batch.commits.len());
+    let records: usize = latest.iter().map(Vec::len).sum();
+    let mut index = Vec::with_capacity(records);
     let io = |source| CaptureError::Io {
         path: wal.path().to_path_buf(),
         source,
     };
-    for (i, c) in batch.commits.iter().enumerate() {
-        let latest = c.latest_frames();
+    for (i, (c, latest)) in batch.commits.iter().zip(latest).enumerate() {
         let tracked = lin.unknown_until.is_none_or(|u| c.end_frame > u);
-        for &(pgno, frame) in &latest {
+        for &(pgno, frame) in latest {
             if !wal.read_page(h, frame, &mut page)? {
                 return Err(CaptureError::WalShrank {
                     path: wal.path().to_path_buf(),
@@ -150,6 +163,7 @@ fn encode<W: Write>(
                 lin.hashes.set_page(pgno, &page);
             }
             body.write_page(pgno, &page).map_err(io)?;
+            index.push(pgno);
         }
         if tracked {
             lin.hashes.resize(c.db_pages);
@@ -172,6 +186,7 @@ fn encode<W: Write>(
         page_size: h.page_size,
         wal: Some(position(h, last.end_frame, last.end_checksum)),
         commits,
+        page_index: (index.len() as u64 <= MAX_INDEXED_PAGES).then_some(index),
     };
     let out = body.finish().map_err(|e| CaptureError::Format {
         key: "new segment".into(),
@@ -222,7 +237,8 @@ impl Engine {
     /// (salts, frame and the running checksum over every frame before it),
     /// which only the very same frames produce.
     fn check_same_header(&mut self, key: &str, header: &ObjectHeader) -> Result<(), CaptureError> {
-        let len = ObjectHeader::encoded_len(header.commits.len()) as u64;
+        let indexed = header.page_index.as_ref().map_or(0, Vec::len);
+        let len = ObjectHeader::encoded_len(header.commits.len(), indexed) as u64;
         let store = std::sync::Arc::clone(&self.store);
         let bytes = self.store_call("get", key, store.get_range(key, 0, len))?;
         let same = ObjectHeader::decode(&mut &bytes[..]).is_ok_and(|mut stored| {

@@ -103,6 +103,7 @@ impl Engine {
                 page_count: reader.db_pages,
                 checksum: Some(0),
             }],
+            page_index: None,
         };
         let io = |source| CaptureError::Io {
             path: spool.path.clone(),

@@ -8,9 +8,14 @@
 
 use std::io::{self, Read, Write};
 
-use lz4_flex::frame::{FrameDecoder, FrameEncoder};
+use lz4_flex::frame::{BlockSize, FrameDecoder, FrameEncoder, FrameInfo};
 
 use crate::crypto::{CryptoError, KeyId, Keyring, Opener};
+
+mod blocks;
+mod records;
+
+pub use records::RecordReader;
 
 pub const SEGMENT_MAGIC: [u8; 4] = *b"WSEG";
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"WSNP";
@@ -21,6 +26,9 @@ pub const FLAG_LZ4: u16 = 1;
 pub const FLAG_ENCRYPTED: u16 = 1 << 1;
 /// The header carries the WAL position after the object's last commit.
 pub const FLAG_WAL_POSITION: u16 = 1 << 2;
+/// The header carries a page index: the page number of every page record of
+/// the body, in body order (segments only).
+pub const FLAG_PAGE_INDEX: u16 = 1 << 3;
 /// Commit record flag: the checksum field is known.
 pub const COMMIT_CHECKSUM_KNOWN: u32 = 1;
 
@@ -28,6 +36,9 @@ const FIXED_HEADER: usize = 76;
 const COMMIT_RECORD: usize = 36;
 /// No object has more commits than this (bounds header allocations on bad input).
 pub const MAX_COMMITS: u32 = 1 << 20;
+/// No page index has more entries than this (16 MiB of header): a segment
+/// with more page records is written without an index.
+pub const MAX_INDEXED_PAGES: u64 = 1 << 22;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
@@ -95,6 +106,9 @@ pub struct ObjectHeader {
     pub wal: Option<WalPosition>,
     /// In txid order. A snapshot has exactly one.
     pub commits: Vec<CommitRecord>,
+    /// The page number of every page record of the body, in body order
+    /// (flag bit 3); `None` for snapshots and segments written without one.
+    pub page_index: Option<Vec<u32>>,
 }
 
 impl ObjectHeader {
@@ -115,15 +129,22 @@ impl ObjectHeader {
         self.commits.last()
     }
 
+    /// Number of page records the body holds, from the commit records.
+    pub fn page_records(&self) -> u64 {
+        self.commits.iter().map(|c| u64::from(c.page_count)).sum()
+    }
+
     /// Length of the serialized header of an object with `commits` commit
-    /// records (its trailing CRC32 included).
-    pub fn encoded_len(commits: usize) -> usize {
-        FIXED_HEADER + COMMIT_RECORD * commits + 4
+    /// records and a page index of `indexed` entries (its trailing CRC32
+    /// included).
+    pub fn encoded_len(commits: usize, indexed: usize) -> usize {
+        FIXED_HEADER + COMMIT_RECORD * commits + 4 * indexed + 4
     }
 
     /// Serialized header, including its trailing CRC32.
     pub fn encode(&self) -> Vec<u8> {
-        let len = Self::encoded_len(self.commits.len());
+        let indexed = self.page_index.as_ref().map_or(0, Vec::len);
+        let len = Self::encoded_len(self.commits.len(), indexed);
         let mut b = Vec::with_capacity(len);
         b.extend_from_slice(match self.kind {
             ObjectKind::Segment => &SEGMENT_MAGIC,
@@ -133,6 +154,9 @@ impl ObjectHeader {
         let mut flags = self.flags | FLAG_LZ4;
         if self.wal.is_some() {
             flags |= FLAG_WAL_POSITION;
+        }
+        if self.page_index.is_some() {
+            flags |= FLAG_PAGE_INDEX;
         }
         b.extend_from_slice(&flags.to_be_bytes());
         b.extend_from_slice(&self.key_id);
@@ -172,6 +196,9 @@ impl ObjectHeader {
             };
             b.extend_from_slice(&cflags.to_be_bytes());
         }
+        for pgno in self.page_index.iter().flatten() {
+            b.extend_from_slice(&pgno.to_be_bytes());
+        }
         let crc = crc32fast::hash(&b);
         b.extend_from_slice(&crc.to_be_bytes());
         b
@@ -193,7 +220,19 @@ impl ObjectHeader {
         let flags = u16::from_be_bytes([fixed[6], fixed[7]]);
         let header_len = be32(&fixed[28..]) as usize;
         let count = be32(&fixed[72..]);
-        if count > MAX_COMMITS || header_len != FIXED_HEADER + COMMIT_RECORD * count as usize + 4 {
+        let records_len = FIXED_HEADER + COMMIT_RECORD * count as usize + 4;
+        // The index's length is checked against the commit records once they
+        // are read; until then it is only bounded.
+        let max_index = if flags & FLAG_PAGE_INDEX != 0 {
+            4 * MAX_INDEXED_PAGES as usize
+        } else {
+            0
+        };
+        if count > MAX_COMMITS
+            || header_len < records_len
+            || header_len > records_len + max_index
+            || !(header_len - records_len).is_multiple_of(4)
+        {
             return Err(FormatError::Malformed(format!(
                 "header length {header_len} does not match {count} commit records"
             )));
@@ -208,7 +247,7 @@ impl ObjectHeader {
         if stored != computed {
             return Err(FormatError::HeaderChecksum { stored, computed });
         }
-        if flags & FLAG_LZ4 == 0 || flags >> 3 != 0 {
+        if flags & FLAG_LZ4 == 0 || flags >> 4 != 0 {
             return Err(FormatError::UnsupportedFlags(flags));
         }
         if (flags & FLAG_ENCRYPTED != 0) != (fixed[8..16] != [0; 8]) {
@@ -216,9 +255,10 @@ impl ObjectHeader {
                 "the key id must be set exactly when the body is encrypted".into(),
             ));
         }
+        let commits_end = COMMIT_RECORD * count as usize;
         let header = ObjectHeader {
             kind,
-            flags: flags & !(FLAG_LZ4 | FLAG_WAL_POSITION),
+            flags: flags & !(FLAG_LZ4 | FLAG_WAL_POSITION | FLAG_PAGE_INDEX),
             key_id: fixed[8..16]
                 .try_into()
                 .map_err(|_| FormatError::Truncated)?,
@@ -231,10 +271,16 @@ impl ObjectHeader {
                 frame: be32(&fixed[60..]),
                 checksum: (be32(&fixed[64..]), be32(&fixed[68..])),
             }),
-            commits: rest[..rest.len() - 4]
+            commits: rest[..commits_end]
                 .chunks_exact(COMMIT_RECORD)
                 .map(decode_commit)
                 .collect(),
+            page_index: (flags & FLAG_PAGE_INDEX != 0).then(|| {
+                rest[commits_end..rest.len() - 4]
+                    .chunks_exact(4)
+                    .map(be32)
+                    .collect()
+            }),
         };
         header.validate(be64(&fixed[32..]), be64(&fixed[40..]))?;
         // The encoded header is the ciphertext's associated data: it must be
@@ -261,6 +307,21 @@ impl ObjectHeader {
         }
         if min_txid != self.min_txid() || max_txid != self.max_txid() {
             return bad("txid range does not match the commit records".into());
+        }
+        if let Some(index) = &self.page_index {
+            if self.kind == ObjectKind::Snapshot {
+                return bad("a snapshot has no page index".into());
+            }
+            if index.len() as u64 != self.page_records() {
+                return bad(format!(
+                    "page index has {} entries for {} page records",
+                    index.len(),
+                    self.page_records()
+                ));
+            }
+            if index.contains(&0) {
+                return bad("page index names page 0".into());
+            }
         }
         for pair in self.commits.windows(2) {
             if pair[1].txid != pair[0].txid + 1 {
@@ -365,8 +426,12 @@ impl<W: Write> BodyWriter<W> {
             inner: out,
             crc: crc32fast::Hasher::new(),
         };
+        // 64 KiB blocks, independent: what lz4_flex chose by default for
+        // every object walstream ever wrote (the first write was at most a
+        // page), stated so a reader can decode one block alone.
+        let info = FrameInfo::new().block_size(BlockSize::Max64KB);
         BodyWriter {
-            encoder: FrameEncoder::new(crc),
+            encoder: FrameEncoder::with_frame_info(info, crc),
             kind,
         }
     }
@@ -409,6 +474,45 @@ enum Source<R: Read> {
     Sealed(Box<Opener<R>>),
 }
 
+impl<R: Read> Source<R> {
+    /// The LZ4 frame of the body that `r` holds from here: decrypted with
+    /// the key the header names, or the stored bytes checksummed on the way.
+    fn open(r: R, header: &ObjectHeader, keys: &Keyring) -> Result<Source<R>, FormatError> {
+        Ok(match header.key_id() {
+            Some(id) => {
+                let key = keys.key_for(id)?;
+                Source::Sealed(Box::new(Opener::new(r, key, &header.encode())?))
+            }
+            None => Source::Plain(CrcReader {
+                inner: r,
+                crc: crc32fast::Hasher::new(),
+            }),
+        })
+    }
+
+    /// After the frame's last byte: checks the trailer against the body's
+    /// CRC and that nothing follows it (encrypted: that the last chunk was
+    /// there and no plaintext is left).
+    fn finish(&mut self) -> Result<(), FormatError> {
+        let crc_reader = match self {
+            Source::Plain(r) => r,
+            Source::Sealed(opener) => return opener.finish(),
+        };
+        let computed = crc_reader.crc.clone().finalize();
+        let mut trailer = [0u8; 4];
+        read_exact(&mut crc_reader.inner, &mut trailer)?;
+        let stored = u32::from_be_bytes(trailer);
+        if stored != computed {
+            return Err(FormatError::BodyChecksum { stored, computed });
+        }
+        let mut more = [0u8; 1];
+        if crc_reader.inner.read(&mut more)? != 0 {
+            return Err(FormatError::Malformed("bytes after the trailer".into()));
+        }
+        Ok(())
+    }
+}
+
 impl<R: Read> Read for Source<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
@@ -425,6 +529,8 @@ pub struct BodyReader<R: Read> {
     commit: usize,
     left_in_commit: u32,
     next_snapshot_page: u32,
+    /// Page records read so far (their position in the page index).
+    record: usize,
 }
 
 /// One page record from a body.
@@ -439,16 +545,7 @@ impl<R: Read> BodyReader<R> {
     /// `r` must be positioned right after the header. An encrypted body needs
     /// its key in `keys`; a plain one ignores them.
     pub fn new(r: R, header: ObjectHeader, keys: &Keyring) -> Result<BodyReader<R>, FormatError> {
-        let source = match header.key_id() {
-            Some(id) => {
-                let key = keys.key_for(id)?;
-                Source::Sealed(Box::new(Opener::new(r, key, &header.encode())?))
-            }
-            None => Source::Plain(CrcReader {
-                inner: r,
-                crc: crc32fast::Hasher::new(),
-            }),
-        };
+        let source = Source::open(r, &header, keys)?;
         let left = header.commits.first().map_or(0, |c| c.page_count);
         Ok(BodyReader {
             decoder: FrameDecoder::new(source),
@@ -456,6 +553,7 @@ impl<R: Read> BodyReader<R> {
             commit: 0,
             left_in_commit: left,
             next_snapshot_page: 1,
+            record: 0,
         })
     }
 
@@ -490,8 +588,10 @@ impl<R: Read> BodyReader<R> {
                 "page number {pgno} out of range"
             )));
         }
+        check_indexed(&self.header, self.record, pgno)?;
         self.read_body(page)?;
         self.left_in_commit -= 1;
+        self.record += 1;
         Ok(Some(PageRef {
             commit: self.commit,
             pgno,
@@ -511,22 +611,17 @@ impl<R: Read> BodyReader<R> {
                 "body longer than its page records".into(),
             ));
         }
-        let crc_reader = match self.decoder.get_mut() {
-            Source::Plain(r) => r,
-            Source::Sealed(opener) => return opener.finish(),
-        };
-        let computed = crc_reader.crc.clone().finalize();
-        let mut trailer = [0u8; 4];
-        read_exact(&mut crc_reader.inner, &mut trailer)?;
-        let stored = u32::from_be_bytes(trailer);
-        if stored != computed {
-            return Err(FormatError::BodyChecksum { stored, computed });
-        }
-        let mut more = [0u8; 1];
-        if crc_reader.inner.read(&mut more)? != 0 {
-            return Err(FormatError::Malformed("bytes after the trailer".into()));
-        }
-        Ok(())
+        self.decoder.get_mut().finish()
+    }
+}
+
+/// A page record's page number must be the one the page index names for it.
+fn check_indexed(header: &ObjectHeader, record: usize, pgno: u32) -> Result<(), FormatError> {
+    match header.page_index.as_ref().and_then(|ix| ix.get(record)) {
+        Some(&indexed) if indexed != pgno => Err(FormatError::Malformed(format!(
+            "page record {record} is page {pgno}, but the page index says page {indexed}"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -592,6 +687,7 @@ mod tests {
                     checksum: None,
                 },
             ],
+            page_index: Some(vec![1, 3, 2]),
         }
     }
 
@@ -635,5 +731,60 @@ mod tests {
                 "truncation to {len} went unnoticed"
             );
         }
+    }
+
+    /// Without an index an object is byte for byte what walstream wrote
+    /// before indexes existed (flag bit 3 clear, no index bytes), and reads.
+    #[test]
+    fn objects_without_an_index_keep_the_old_layout() {
+        let mut h = header();
+        h.page_index = None;
+        let p = vec![7u8; 512];
+        let bytes = encode_segment(&h, &[(1, &p), (3, &p), (2, &p)]).unwrap();
+        assert_eq!(be32(&bytes[28..]) as usize, 76 + 36 * 2 + 4);
+        assert_eq!(
+            u16::from_be_bytes([bytes[6], bytes[7]]) & FLAG_PAGE_INDEX,
+            0
+        );
+        let (got, pages) = decode_all(&bytes, &Keyring::default()).unwrap();
+        assert_eq!((got.page_index, pages.len()), (None, 3));
+
+        let indexed = sample();
+        assert_eq!(be32(&indexed[28..]) as usize, 76 + 36 * 2 + 4 * 3 + 4);
+        assert_ne!(
+            u16::from_be_bytes([indexed[6], indexed[7]]) & FLAG_PAGE_INDEX,
+            0
+        );
+    }
+
+    #[test]
+    fn an_index_that_disagrees_with_the_body_is_refused() {
+        let mut h = header();
+        h.page_index = Some(vec![1, 3, 9]);
+        let p = vec![7u8; 512];
+        let bytes = encode_segment(&h, &[(1, &p), (3, &p), (2, &p)]).unwrap();
+        let e = decode_all(&bytes, &Keyring::default()).unwrap_err();
+        assert!(e.to_string().contains("page index says page 9"), "{e}");
+    }
+
+    #[test]
+    fn an_index_of_the_wrong_length_or_on_a_snapshot_is_refused() {
+        let mut short = header();
+        short.page_index = Some(vec![1, 3]);
+        let e = ObjectHeader::decode(&mut &short.encode()[..]).unwrap_err();
+        assert!(
+            e.to_string().contains("2 entries for 3 page records"),
+            "{e}"
+        );
+
+        let mut snap = header();
+        snap.kind = ObjectKind::Snapshot;
+        snap.commits.truncate(1);
+        snap.commits[0].page_count = 3;
+        let e = ObjectHeader::decode(&mut &snap.encode()[..]).unwrap_err();
+        assert!(
+            e.to_string().contains("a snapshot has no page index"),
+            "{e}"
+        );
     }
 }
