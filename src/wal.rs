@@ -15,11 +15,19 @@ pub const FRAME_HEADER_SIZE: u64 = 24;
 const MAGIC_LE: u32 = 0x377f_0682;
 const MAGIC_BE: u32 = 0x377f_0683;
 const FORMAT_VERSION: u32 = 3_007_000;
+/// Bytes read and written at a time by [`WalFile::copy_frames`].
+const COPY_CHUNK: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
     #[error("reading WAL file {path}: {source}")]
     Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing a copy of WAL frames to {path}: {source}")]
+    Copy {
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -258,6 +266,49 @@ impl WalFile {
         Ok(commits)
     }
 
+    /// Writes the header and frames `from..to` to a new file at `dest`, each at
+    /// its own offset, so the copy reads as the same WAL generation from frame
+    /// `from` on (what comes before is a hole). The copy is not fsynced: it
+    /// only has to outlive a WAL restart within this process.
+    pub fn copy_frames(
+        &self,
+        header: &WalHeader,
+        from: u32,
+        to: u32,
+        dest: &Path,
+    ) -> Result<(), WalError> {
+        let write_err = |source| WalError::Copy {
+            path: dest.to_path_buf(),
+            source,
+        };
+        let out = File::create(dest).map_err(write_err)?;
+        let mut buf = vec![0u8; WAL_HEADER_SIZE as usize];
+        self.read_exact_at(&mut buf, 0)?;
+        out.write_all_at(&buf, 0).map_err(write_err)?;
+        let frame_size = header.frame_size();
+        let per_chunk = (COPY_CHUNK / frame_size).max(1) as u32;
+        let mut index = from;
+        while index < to {
+            let n = per_chunk.min(to - index);
+            let offset = header.frame_offset(index);
+            buf.resize((u64::from(n) * frame_size) as usize, 0);
+            self.read_exact_at(&mut buf, offset)?;
+            out.write_all_at(&buf, offset).map_err(write_err)?;
+            index += n;
+        }
+        Ok(())
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), WalError> {
+        if self.read_at(buf, offset)? < buf.len() {
+            return Err(self.io_err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the file ends before byte {}", offset + buf.len() as u64),
+            )));
+        }
+        Ok(())
+    }
+
     /// The running checksum stored in frame `index`'s header, if the frame exists
     /// and carries the header's salts. Used to prove that a previously read frame
     /// is still in place.
@@ -365,5 +416,72 @@ mod tests {
     #[test]
     fn rejects_bad_magic() {
         assert!(WalHeader::parse(&[0u8; 32]).is_none());
+    }
+
+    /// A WAL of `n` one-row commits, kept from being checkpointed.
+    fn wal_with_commits(dir: &Path, n: usize) -> PathBuf {
+        let db = dir.join("a.db");
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        c.execute_batch("CREATE TABLE t(v BLOB)").unwrap();
+        for _ in 0..n {
+            c.execute_batch("INSERT INTO t VALUES (randomblob(3000))")
+                .unwrap();
+        }
+        let wal = dir.join("a.db-wal");
+        // Kept: the connection would checkpoint and delete the WAL on close.
+        std::fs::copy(&wal, dir.join("kept-wal")).unwrap();
+        dir.join("kept-wal")
+    }
+
+    #[test]
+    fn a_copy_of_frames_reads_as_the_same_generation_from_its_first_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = WalFile::open(&wal_with_commits(dir.path(), 12)).unwrap();
+        let h = wal.header().unwrap().unwrap();
+        let all = wal.scan_commits(&h, 0, h.checksum).unwrap();
+        assert!(all.len() >= 12);
+        let from = &all[4];
+        let start = all[3].end_frame;
+        let end = all.last().unwrap().end_frame;
+        let dest = dir.path().join("tail");
+        wal.copy_frames(&h, start - 1, end, &dest).unwrap();
+        let copy = WalFile::open(&dest).unwrap();
+        assert_eq!(copy.header().unwrap(), Some(h));
+        assert_eq!(
+            copy.stored_checksum(&h, start - 1).unwrap(),
+            Some(all[3].end_checksum)
+        );
+        let again = copy.scan_commits(&h, start, all[3].end_checksum).unwrap();
+        assert_eq!(again.len(), all.len() - 4);
+        assert_eq!(again[0].frames, from.frames);
+        assert_eq!(
+            again.last().unwrap().end_checksum,
+            all.last().unwrap().end_checksum
+        );
+        let (mut a, mut b) = (
+            vec![0u8; h.page_size as usize],
+            vec![0u8; h.page_size as usize],
+        );
+        for i in start..end {
+            assert!(wal.read_page(&h, i, &mut a).unwrap());
+            assert!(copy.read_page(&h, i, &mut b).unwrap());
+            assert_eq!(a, b, "frame {i}");
+        }
+        // Frames before the copied range are not there.
+        assert_eq!(copy.stored_checksum(&h, 0).unwrap(), None);
+    }
+
+    #[test]
+    fn copying_past_the_end_of_the_wal_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = wal_with_commits(dir.path(), 2);
+        let wal = WalFile::open(&path).unwrap();
+        let h = wal.header().unwrap().unwrap();
+        let err = wal
+            .copy_frames(&h, 0, 10_000, &dir.path().join("tail"))
+            .unwrap_err();
+        assert!(err.to_string().contains("kept-wal"), "{err}");
     }
 }

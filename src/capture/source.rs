@@ -100,15 +100,23 @@ impl DbFiles {
     }
 }
 
+/// The two connections swap roles: one holds the pin, the other takes the
+/// write lock and runs checkpoints. Moving the pin forward takes a read
+/// transaction on the free connection before the old one ends (a *roll*), so
+/// the WAL is never left unpinned and the application's writers are not held.
 #[derive(Debug)]
 pub struct Source {
     pub db_path: PathBuf,
     pub wal_path: PathBuf,
     pub db_id: FileId,
-    pin: Connection,
-    lock: Connection,
+    conns: [Connection; 2],
+    /// Which of `conns` has the pin role.
+    pin_ix: usize,
     pinned: bool,
     locked: bool,
+    /// The other connection holds a newer pin while the old one is kept.
+    rolling: bool,
+    busy_timeout: Duration,
     /// Read handle on the database file, declared last so it is let go after
     /// the connections. POSIX drops every lock a process holds on a file when
     /// *any* descriptor of that file is closed: opening and closing the
@@ -117,6 +125,15 @@ pub struct Source {
     /// under the pin. Shared through [`DbFiles`], which closes it.
     db_file: Arc<File>,
 }
+
+/// How often `lock_writers` tries for the write lock. SQLite's own busy
+/// handler sleeps 1 ms, then longer, between tries, and almost never finds the
+/// moment between two transactions of an application committing back to back;
+/// meanwhile the WAL grows (docs/benchmarks.md, throughput at FULL).
+const LOCK_POLL: Duration = Duration::from_micros(50);
+
+/// How long `lock_writers` tries without pausing.
+const LOCK_SPIN: Duration = Duration::from_millis(5);
 
 impl Source {
     /// Opens both connections and checks the database is usable. `files`
@@ -136,19 +153,21 @@ impl Source {
                 path: db_path.to_path_buf(),
                 source,
             })?;
-        let pin = open_connection(db_path, busy_timeout)?;
-        check_database(db_path, &pin)?;
-        let lock = open_connection(db_path, busy_timeout)?;
-        small_cache(db_path, &pin)?;
-        small_cache(db_path, &lock)?;
+        let first = open_connection(db_path, busy_timeout)?;
+        check_database(db_path, &first)?;
+        let second = open_connection(db_path, busy_timeout)?;
+        small_cache(db_path, &first)?;
+        small_cache(db_path, &second)?;
         Ok(Source {
             db_path: db_path.to_path_buf(),
             wal_path: wal_path(db_path),
             db_id,
-            pin,
-            lock,
+            conns: [first, second],
+            pin_ix: 0,
             pinned: false,
             locked: false,
+            rolling: false,
+            busy_timeout,
             db_file,
         })
     }
@@ -160,6 +179,14 @@ impl Source {
         }
     }
 
+    fn pin_conn(&self) -> &Connection {
+        &self.conns[self.pin_ix]
+    }
+
+    fn lock_conn(&self) -> &Connection {
+        &self.conns[1 - self.pin_ix]
+    }
+
     /// The database file, for reading pages directly (never open it anew).
     pub fn db_file(&self) -> Arc<File> {
         Arc::clone(&self.db_file)
@@ -168,41 +195,75 @@ impl Source {
     /// Starts (or restarts) the pin read transaction.
     pub fn pin(&mut self) -> Result<(), CaptureError> {
         self.unpin()?;
-        self.pin
-            .execute_batch("BEGIN DEFERRED; SELECT 1 FROM sqlite_schema LIMIT 1;")
-            .map_err(|e| self.sql_err(e))?;
+        begin_read(self.pin_conn()).map_err(|e| self.sql_err(e))?;
         self.pinned = true;
         Ok(())
     }
 
     pub fn unpin(&mut self) -> Result<(), CaptureError> {
+        self.cancel_roll()?;
         if self.pinned {
             self.pinned = false;
-            self.pin
+            self.pin_conn()
                 .execute_batch("COMMIT")
                 .map_err(|e| self.sql_err(e))?;
         }
         Ok(())
     }
 
-    /// Takes SQLite's write lock (`BEGIN IMMEDIATE` writes nothing). Returns false
-    /// when the application held it for longer than the busy timeout.
-    pub fn lock_writers(&mut self) -> Result<bool, CaptureError> {
-        match self.lock.execute_batch("BEGIN IMMEDIATE") {
-            Ok(()) => {
-                self.locked = true;
-                Ok(true)
-            }
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if matches!(
-                    e.code,
-                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(self.sql_err(e)),
+    /// First half of moving the pin to the WAL's end without holding writers:
+    /// a second read transaction starts at the end while the pin is kept.
+    /// Returns false (and does nothing) when there is no pin to keep, or the
+    /// write lock is held. The caller ships every committed frame before
+    /// [`Source::finish_roll`]: from then on the new pin alone keeps a WAL
+    /// restart from dropping anything unshipped, exactly as the old one did.
+    pub fn begin_roll(&mut self) -> Result<bool, CaptureError> {
+        if !self.pinned || self.locked || self.rolling {
+            return Ok(false);
         }
+        begin_read(self.lock_conn()).map_err(|e| self.sql_err(e))?;
+        self.rolling = true;
+        Ok(true)
+    }
+
+    /// Second half: the old pin ends and the new one takes the pin role.
+    pub fn finish_roll(&mut self) -> Result<(), CaptureError> {
+        if !self.rolling {
+            return Ok(());
+        }
+        self.rolling = false;
+        let old = self.pin_ix;
+        self.pin_ix = 1 - old;
+        self.conns[old]
+            .execute_batch("COMMIT")
+            .map_err(|e| self.sql_err(e))
+    }
+
+    /// Drops the newer pin of a roll and keeps the old one.
+    pub fn cancel_roll(&mut self) -> Result<(), CaptureError> {
+        if self.rolling {
+            self.rolling = false;
+            self.lock_conn()
+                .execute_batch("COMMIT")
+                .map_err(|e| self.sql_err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Takes SQLite's write lock (`BEGIN IMMEDIATE` writes nothing), trying
+    /// every [`LOCK_POLL`]. Returns false when the application held it for
+    /// longer than the busy timeout.
+    pub fn lock_writers(&mut self) -> Result<bool, CaptureError> {
+        self.cancel_roll()?;
+        let conn = &self.conns[1 - self.pin_ix];
+        conn.busy_timeout(Duration::ZERO)
+            .map_err(|e| self.sql_err(e))?;
+        let r = poll_write_lock(conn, self.busy_timeout);
+        let restored = conn.busy_timeout(self.busy_timeout);
+        let got = r.map_err(|e| self.sql_err(e))?;
+        restored.map_err(|e| self.sql_err(e))?;
+        self.locked = got;
+        Ok(got)
     }
 
     pub fn is_locked(&self) -> bool {
@@ -217,7 +278,7 @@ impl Source {
     pub fn unlock_writers(&mut self) -> Result<(), CaptureError> {
         if self.locked {
             self.locked = false;
-            self.lock
+            self.lock_conn()
                 .execute_batch("ROLLBACK")
                 .map_err(|e| self.sql_err(e))?;
         }
@@ -228,13 +289,15 @@ impl Source {
     /// what it can without waiting for anyone. Returns (WAL frames, frames
     /// checkpointed).
     pub fn checkpoint_passive(&mut self) -> Result<(i64, i64), CaptureError> {
-        passive_checkpoint(&self.pin).map_err(|e| self.sql_err(e))
+        self.cancel_roll()?;
+        passive_checkpoint(self.pin_conn()).map_err(|e| self.sql_err(e))
     }
 
     /// PASSIVE checkpoint on the lock connection (which must not hold the lock)
     /// while the pin stays: it copies frames up to the pin and no further.
     pub fn checkpoint_behind_pin(&mut self) -> Result<(i64, i64), CaptureError> {
-        passive_checkpoint(&self.lock).map_err(|e| self.sql_err(e))
+        self.cancel_roll()?;
+        passive_checkpoint(self.lock_conn()).map_err(|e| self.sql_err(e))
     }
 
     /// True when the database path now names a different file than the one open.
@@ -248,7 +311,7 @@ impl Source {
 
     /// Page size and journal mode as SQLite reports them now.
     pub fn page_size(&self) -> Result<u32, CaptureError> {
-        self.pin
+        self.pin_conn()
             .query_row("PRAGMA page_size", [], |r| r.get::<_, u32>(0))
             .map_err(|e| self.sql_err(e))
     }
@@ -259,7 +322,45 @@ impl Drop for Source {
         // Errors here only mean the transactions are already gone; closing the
         // connections ends them either way.
         let _ = self.unlock_writers();
+        let _ = self.cancel_roll();
         let _ = self.unpin();
+    }
+}
+
+fn begin_read(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN DEFERRED; SELECT 1 FROM sqlite_schema LIMIT 1;")
+}
+
+/// `BEGIN IMMEDIATE` on `conn` (whose busy handler is off) until it succeeds
+/// or `timeout` passed: true when the write lock is held.
+fn poll_write_lock(conn: &Connection, timeout: Duration) -> rusqlite::Result<bool> {
+    let start = std::time::Instant::now();
+    let (deadline, spin_until) = (start + timeout, start + LOCK_SPIN);
+    loop {
+        match conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => return Ok(true),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    return Ok(false);
+                }
+                // Back to back at first: a sleep between tries can fall into
+                // step with the application's commits and keep missing the
+                // moment between them. Later with random pauses, to spare CPU.
+                if now >= spin_until {
+                    let us = rand::random_range(
+                        LOCK_POLL.as_micros() as u64..4 * LOCK_POLL.as_micros() as u64,
+                    );
+                    std::thread::sleep(Duration::from_micros(us));
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

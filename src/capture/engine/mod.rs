@@ -1,6 +1,7 @@
 //! The capture engine: ship commits, checkpoint; start-up in `start`, snapshots
 //! in `snapshot`.
 
+mod checkpoint;
 mod encrypt;
 mod lease;
 mod segment;
@@ -54,7 +55,7 @@ pub struct EngineStatus {
     pub errors: u64,
     #[serde(default)]
     pub last_snapshot_duration_ms: Option<u64>,
-    /// The whole three-step PASSIVE checkpoint cycle.
+    /// The last whole PASSIVE checkpoint cycle.
     #[serde(default)]
     pub last_checkpoint_duration_ms: Option<u64>,
     /// The replica failed past `outage_wal_hold` or `outage_wal_max_mb` and
@@ -129,7 +130,7 @@ struct Engine {
     /// never dated before it, even after the clock moved backwards.
     time_floor_ms: i64,
     /// When the last commits were stored, and how long storing them took.
-    last_ship: Option<(Instant, Duration)>,
+    last_ship: Option<(Instant, Duration, usize)>,
     /// A look at the WAL was put off by pacing (see [`Engine::paced_until`]).
     deferred: bool,
     /// File events wake the engine through this (none in `once`).
@@ -144,10 +145,20 @@ struct Engine {
     writers_held_until: Option<Instant>,
     /// A store request ran out of that time.
     locked_budget_spent: bool,
+    /// Frames set aside at the end of a checkpoint cycle, not shipped yet.
+    tail: Option<checkpoint::Tail>,
+    /// When the last whole checkpoint cycle started.
+    last_cycle: Option<Instant>,
 }
 
 /// Longest pause after storing segments before the next ones under load.
-const MAX_PACE: Duration = Duration::from_millis(10);
+const MAX_PACE: Duration = Duration::from_millis(50);
+
+/// Under load the pause after storing grows with the commits the last store
+/// carried, up to this many times its duration: storing then takes a small
+/// share of the disk an application committing with `synchronous=FULL`
+/// fsyncs on (docs/benchmarks.md), while a lone commit still ships at once.
+const MAX_PACE_FACTOR: usize = 30;
 
 /// How long a checkpoint cycle waits for the store while it holds the
 /// application's writers (to ship the last moment's commits). A slower store
@@ -355,6 +366,8 @@ impl Engine {
             pending_lineage: None,
             writers_held_until: None,
             locked_budget_spent: false,
+            tail: None,
+            last_cycle: None,
         }
     }
 
@@ -437,6 +450,7 @@ impl Engine {
         }
         self.lin = None;
         self.src = None;
+        self.drop_tail();
         self.status.wal_released = true;
     }
 
@@ -526,8 +540,16 @@ impl Engine {
             self.start()?;
             self.status.wal_released = false;
         }
-        self.sync_batched()?;
-        self.maybe_checkpoint()?;
+        let paced = self.paced_until().is_some_and(|t| Instant::now() < t);
+        if self.checkpoint_due() && !paced {
+            // The cycle's roll is this moment's ship.
+            self.checkpoint_step()?;
+        } else {
+            self.sync_batched()?;
+            if !self.deferred {
+                self.maybe_checkpoint()?;
+            }
+        }
         self.maybe_snapshot()
     }
 
@@ -564,12 +586,15 @@ impl Engine {
     }
 
     /// Group commit under load: after storing segments the engine waits as
-    /// long as that took (at most [`MAX_PACE`]) before it stores more, so that
-    /// commits arriving meanwhile share the next segment and its fsyncs, and
-    /// storing takes at most about half the time. A commit after a quiet spell
-    /// longer than that ships at once.
+    /// long as that took, times the commits it carried (at most
+    /// [`MAX_PACE_FACTOR`] times, and at most [`MAX_PACE`]) before it stores
+    /// more, so that commits arriving meanwhile share the next segment and its
+    /// fsyncs. A commit after a quiet spell longer than that ships at once.
     fn paced_until(&self) -> Option<Instant> {
-        self.last_ship.map(|(end, took)| end + took.min(MAX_PACE))
+        self.last_ship.map(|(end, took, commits)| {
+            let factor = commits.clamp(1, MAX_PACE_FACTOR) as u32;
+            end + (took * factor).min(MAX_PACE)
+        })
     }
 
     /// One WAL read (numbered, see `Progress::durable_read`), shipping what
@@ -598,7 +623,15 @@ impl Engine {
         if self.src()?.replaced()? {
             return self.new_lineage("the database file was replaced");
         }
-        let wal = WalFile::open(&self.src()?.wal_path)?;
+        self.ship_tail()?;
+        let path = self.src()?.wal_path.clone();
+        self.read_wal(&path, force)
+    }
+
+    /// Reads the WAL at `path` (or a copy of its frames) from the shipped
+    /// position, shipping what it finds unless batching holds it back.
+    fn read_wal(&mut self, path: &std::path::Path, force: bool) -> Result<(), CaptureError> {
+        let wal = WalFile::open(path)?;
         let header = wal.header()?;
         let lin = self.lin()?;
         let (h, start, seed) = match (lin.pos, header) {
@@ -660,7 +693,7 @@ impl Engine {
         }
         let started = Instant::now();
         self.ship(&wal, &h, &commits, &times)?;
-        self.last_ship = Some((Instant::now(), started.elapsed()));
+        self.last_ship = Some((Instant::now(), started.elapsed(), commits.len()));
         self.unshipped_since = None;
         Ok(())
     }
@@ -781,94 +814,6 @@ impl Engine {
             }
             Err(e) => Err(e.into()),
         }
-    }
-
-    fn maybe_checkpoint(&mut self) -> Result<(), CaptureError> {
-        let idle = self.last_commit_seen.elapsed() >= self.opts.idle_checkpoint;
-        let threshold = self.opts.checkpoint_pages;
-        let lin = self.lin()?;
-        let Pos::Known(p) = lin.pos else {
-            return Ok(());
-        };
-        let since = p.frame.saturating_sub(lin.checkpoint_frame);
-        if since >= threshold || (idle && since > 0) {
-            self.checkpoint_cycle()?;
-        }
-        Ok(())
-    }
-
-    /// Checkpoints what was shipped and keeps the WAL bounded, holding writers
-    /// off only for moments:
-    /// 1. writers held: ship the last frames, move the pin to the WAL's end;
-    /// 2. writers running: PASSIVE checkpoint up to the pin (the bulk of the
-    ///    copying and its fsyncs);
-    /// 3. writers held: ship what arrived meanwhile, drop the pin, PASSIVE
-    ///    checkpoint the rest, pin again.
-    ///
-    /// After step 3 everything in the WAL was shipped when the pin was taken, so a
-    /// later WAL restart cannot drop anything unshipped.
-    fn checkpoint_cycle(&mut self) -> Result<(), CaptureError> {
-        let started = Instant::now();
-        if self.with_writers_held(|src| src.pin())?.is_none() {
-            return Ok(());
-        }
-        // Everything was shipped and the pin taken again with writers held: a
-        // WAL restart from here on cannot drop anything unshipped.
-        self.lin()?.reset_safe = true;
-        self.src()?.checkpoint_behind_pin()?;
-        let done = self.with_writers_held(|src| {
-            src.unpin()?;
-            let r = src.checkpoint_passive();
-            src.pin()?;
-            r
-        })?;
-        let Some((log, copied)) = done else {
-            return Ok(());
-        };
-        self.status.checkpoints += 1;
-        self.status.last_checkpoint_duration_ms = Some(started.elapsed().as_millis() as u64);
-        let lin = self.lin()?;
-        lin.reset_safe = true;
-        if let Pos::Known(p) = lin.pos {
-            lin.checkpoint_frame = p.frame;
-        }
-        tracing::debug!(log, copied, "checkpoint");
-        Ok(())
-    }
-
-    /// Runs `f` after shipping every committed frame, with SQLite's write lock
-    /// held so none can be added. `None` when the application held the lock past
-    /// the busy timeout, or when shipping started a new lineage (which re-pinned
-    /// under the lock itself).
-    fn with_writers_held<T>(
-        &mut self,
-        f: impl FnOnce(&mut Source) -> Result<T, CaptureError>,
-    ) -> Result<Option<T>, CaptureError> {
-        // Ship what is there first, with writers running: only the commits of
-        // the next moments are shipped under the lock, and a store that fails
-        // or is slow right now fails here, before any writer waits on it.
-        self.sync()?;
-        if !self.src()?.lock_writers()? {
-            tracing::debug!("writers busy; checkpoint postponed");
-            return Ok(None);
-        }
-        self.writers_held_until = Some(Instant::now() + LOCKED_STORE_BUDGET);
-        let r = self.sync().and_then(|()| {
-            let src = self.src()?;
-            if !src.is_locked() {
-                return Ok(None);
-            }
-            f(src).map(Some)
-        });
-        self.writers_held_until = None;
-        self.src()?.unlock_writers()?;
-        if std::mem::take(&mut self.locked_budget_spent) {
-            tracing::debug!(
-                "the store answered too slowly while writers were held; checkpoint postponed"
-            );
-            return Ok(None);
-        }
-        r
     }
 
     fn current_status(&mut self) -> EngineStatus {

@@ -37,6 +37,7 @@ impl Engine {
     /// which does not stop the next writer from restarting the WAL over them.
     pub(super) fn start(&mut self) -> Result<(), CaptureError> {
         self.lin = None;
+        self.drop_tail();
         // A source kept open (and pinned) while the replica was unreachable is
         // reused, so the WAL it held stays held.
         let reusable = self
@@ -253,6 +254,7 @@ impl Engine {
             self.time_floor_ms = self.time_floor_ms.max(l.last_time_ms);
         }
         self.lin = None;
+        self.drop_tail();
         // A fresh snapshot replaces one kept from a failed attempt.
         self.pending_lineage = None;
         if self
