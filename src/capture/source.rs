@@ -187,6 +187,13 @@ impl Source {
         &self.conns[1 - self.pin_ix]
     }
 
+    /// Ends the transaction of connection `ix` with `sql`.
+    fn end(&self, ix: usize, sql: &str) -> Result<(), CaptureError> {
+        self.conns[ix]
+            .execute_batch(sql)
+            .map_err(|e| self.sql_err(e))
+    }
+
     /// The database file, for reading pages directly (never open it anew).
     pub fn db_file(&self) -> Arc<File> {
         Arc::clone(&self.db_file)
@@ -204,9 +211,7 @@ impl Source {
         self.cancel_roll()?;
         if self.pinned {
             self.pinned = false;
-            self.pin_conn()
-                .execute_batch("COMMIT")
-                .map_err(|e| self.sql_err(e))?;
+            self.end(self.pin_ix, "COMMIT")?;
         }
         Ok(())
     }
@@ -234,28 +239,25 @@ impl Source {
         self.rolling = false;
         let old = self.pin_ix;
         self.pin_ix = 1 - old;
-        self.conns[old]
-            .execute_batch("COMMIT")
-            .map_err(|e| self.sql_err(e))
+        self.end(old, "COMMIT")
     }
 
     /// Drops the newer pin of a roll and keeps the old one.
     pub fn cancel_roll(&mut self) -> Result<(), CaptureError> {
         if self.rolling {
             self.rolling = false;
-            self.lock_conn()
-                .execute_batch("COMMIT")
-                .map_err(|e| self.sql_err(e))?;
+            self.end(1 - self.pin_ix, "COMMIT")?;
         }
         Ok(())
     }
 
     /// Takes SQLite's write lock (`BEGIN IMMEDIATE` writes nothing), trying
-    /// every [`LOCK_POLL`]. Returns false when the application held it for
+    /// back to back for [`LOCK_SPIN`], then every [`LOCK_POLL`] or a little
+    /// more. Returns false when the application held it for
     /// longer than the busy timeout.
     pub fn lock_writers(&mut self) -> Result<bool, CaptureError> {
         self.cancel_roll()?;
-        let conn = &self.conns[1 - self.pin_ix];
+        let conn = self.lock_conn();
         conn.busy_timeout(Duration::ZERO)
             .map_err(|e| self.sql_err(e))?;
         let r = poll_write_lock(conn, self.busy_timeout);
@@ -278,9 +280,7 @@ impl Source {
     pub fn unlock_writers(&mut self) -> Result<(), CaptureError> {
         if self.locked {
             self.locked = false;
-            self.lock_conn()
-                .execute_batch("ROLLBACK")
-                .map_err(|e| self.sql_err(e))?;
+            self.end(1 - self.pin_ix, "ROLLBACK")?;
         }
         Ok(())
     }

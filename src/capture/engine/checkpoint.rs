@@ -58,11 +58,10 @@ impl Engine {
     /// WAL then grows between restarts, but it stays checkpointed up to the
     /// pin, so the application's own auto-checkpoint finds nothing to copy.
     pub(super) fn checkpoint_step(&mut self) -> Result<(), CaptureError> {
-        let idle = self.last_commit_seen.elapsed() >= self.opts.idle_checkpoint;
         let recent = self
             .last_cycle
             .is_some_and(|t| t.elapsed() < MIN_CYCLE_INTERVAL);
-        if !recent || idle {
+        if !recent || self.idle() {
             return self.checkpoint_cycle();
         }
         if !self.roll_pin()? {
@@ -85,9 +84,13 @@ impl Engine {
         let Pos::Known(p) = lin.pos else {
             return false;
         };
-        let idle = self.last_commit_seen.elapsed() >= self.opts.idle_checkpoint;
         let since = p.frame.saturating_sub(lin.checkpoint_frame);
-        since >= self.opts.checkpoint_pages || (idle && since > 0)
+        since >= self.opts.checkpoint_pages || (self.idle() && since > 0)
+    }
+
+    /// No commit came for `idle_checkpoint`.
+    fn idle(&self) -> bool {
+        self.last_commit_seen.elapsed() >= self.opts.idle_checkpoint
     }
 
     /// Checkpoints what was shipped and keeps the WAL bounded, holding writers
@@ -298,7 +301,8 @@ impl Engine {
 }
 
 /// With writers held: drops the pin, checkpoints everything, pins again (on
-/// read mark 0, so the application's next write may restart the WAL).
+/// read mark 0 when everything was copied, so the application's next write
+/// may restart the WAL).
 fn checkpoint_all(src: &mut Source) -> Result<(i64, i64), CaptureError> {
     src.unpin()?;
     let r = src.checkpoint_passive();
