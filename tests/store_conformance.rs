@@ -220,6 +220,41 @@ pub async fn get_missing_is_not_found(store: &dyn ObjectStore) {
     }
 }
 
+/// `get_many` answers every key on its own, in the order asked: objects of
+/// different sizes, a missing key and an invalid one in the same batch.
+pub async fn get_many_answers_each_key_in_order(store: &dyn ObjectStore) {
+    let sizes = [0usize, 1, 4096, 70_000, 3];
+    let mut keys = Vec::new();
+    for (i, len) in sizes.iter().enumerate() {
+        let key = format!("many/{}", 9 - i); // listing order differs from asked order
+        let body = Bytes::from(pattern(*len, i as u64));
+        store
+            .put(&key, body, PutMode::CreateOnly)
+            .await
+            .expect("put");
+        keys.push(key);
+    }
+    keys.insert(2, "many/missing".to_string());
+    keys.insert(4, "many/../escape".to_string());
+    let got = store.get_many(&keys).await;
+    assert_eq!(got.len(), keys.len());
+    let mut size = sizes.iter().enumerate();
+    for (key, result) in keys.iter().zip(got) {
+        match key.as_str() {
+            "many/missing" => assert!(result.expect_err(key).is_not_found()),
+            "many/../escape" => assert!(matches!(
+                result.expect_err(key),
+                StoreError::InvalidKey { .. }
+            )),
+            _ => {
+                let (i, len) = size.next().expect("one size per stored key");
+                assert_eq!(result.expect(key), pattern(*len, i as u64), "{key}");
+            }
+        }
+    }
+    assert!(store.get_many(&[]).await.is_empty());
+}
+
 pub async fn get_range_cases(store: &dyn ObjectStore) {
     let data = pattern(10_000, 7);
     store
@@ -651,6 +686,10 @@ local_test!(local_second_create_only_fails, second_create_only_fails);
 local_test!(local_overwrite_replaces, overwrite_replaces);
 local_test!(local_get_missing_is_not_found, get_missing_is_not_found);
 local_test!(local_get_range_cases, get_range_cases);
+local_test!(
+    local_get_many_answers_each_key_in_order,
+    get_many_answers_each_key_in_order
+);
 local_test!(local_get_reader_streams, get_reader_streams);
 local_test!(local_list_prefixes_and_sorting, list_prefixes_and_sorting);
 local_test!(local_list_many_keys, list_many_keys);
@@ -811,6 +850,10 @@ s3_test!(s3_second_create_only_fails, second_create_only_fails);
 s3_test!(s3_overwrite_replaces, overwrite_replaces);
 s3_test!(s3_get_missing_is_not_found, get_missing_is_not_found);
 s3_test!(s3_get_range_cases, get_range_cases);
+s3_test!(
+    s3_get_many_answers_each_key_in_order,
+    get_many_answers_each_key_in_order
+);
 s3_test!(s3_get_reader_streams, get_reader_streams);
 s3_test!(s3_list_prefixes_and_sorting, list_prefixes_and_sorting);
 s3_test!(s3_list_many_keys, list_many_keys);

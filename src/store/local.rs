@@ -134,6 +134,16 @@ where
     }
 }
 
+/// The whole object in the file at `path`. Objects are never modified once
+/// published, so the size read from the open file is the object's size.
+fn read_object(ctx: &ErrCtx, path: &Path) -> Result<Bytes, StoreError> {
+    let (mut file, size) = open_object(path).map_err(|e| ctx.read_err(e))?;
+    let len = usize::try_from(size).map_err(|_| ctx.io(io::Error::from(ErrorKind::OutOfMemory)))?;
+    let mut buf = vec![0; len];
+    file.read_exact(&mut buf).map_err(|e| ctx.read_err(e))?;
+    Ok(Bytes::from(buf))
+}
+
 /// Opens the regular file holding an object, for reading.
 fn open_object(path: &Path) -> io::Result<(File, u64)> {
     let file = File::open(path)?;
@@ -382,13 +392,35 @@ impl ObjectStore for LocalStore {
         let path = self.path_for(key);
         let ctx = self.ctx("get", key);
         let ctx2 = ctx.clone();
-        run_blocking(&ctx2, move || {
-            let (mut file, size) = open_object(&path).map_err(|e| ctx.read_err(e))?;
-            let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-            file.read_to_end(&mut buf).map_err(|e| ctx.read_err(e))?;
-            Ok(Bytes::from(buf))
-        })
-        .await
+        run_blocking(&ctx2, move || read_object(&ctx, &path)).await
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Vec<Result<Bytes, StoreError>> {
+        let jobs: Vec<_> = keys
+            .iter()
+            .map(|key| {
+                let ctx = self.ctx("get", key);
+                let path = validate_key(key).map(|()| self.path_for(key));
+                (ctx, path)
+            })
+            .collect();
+        let batch_ctx = self.ctx("get", keys.first().map_or("", String::as_str));
+        let read_all = move || {
+            Ok(jobs
+                .into_iter()
+                .map(|(ctx, path)| read_object(&ctx, &path?))
+                .collect())
+        };
+        match run_blocking(&batch_ctx, read_all).await {
+            Ok(results) => results,
+            // Only a panic in the task gets here: every key gets the message.
+            Err(e) => {
+                let why = e.to_string();
+                keys.iter()
+                    .map(|key| Err(self.ctx("get", key).io(io::Error::other(why.clone()))))
+                    .collect()
+            }
+        }
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {

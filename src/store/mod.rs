@@ -7,8 +7,10 @@
 mod local;
 mod s3;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::task::Poll;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -115,6 +117,14 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// The whole object.
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
 
+    /// Several whole objects, each with its own result, in the order of `keys`.
+    /// All of them are requested at once; a store that can serve a batch more
+    /// cheaply than one request per key (a local directory: one blocking task
+    /// instead of a hand-off per file) overrides this.
+    async fn get_many(&self, keys: &[String]) -> Vec<Result<Bytes, StoreError>> {
+        join_in_order(keys.iter().map(|key| self.get(key)).collect()).await
+    }
+
     /// `len` bytes starting at `offset` (fewer when the object ends first).
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError>;
 
@@ -128,6 +138,32 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Remove `key`. Removing a missing key succeeds.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
 }
+
+/// Polls every future until all are done; their outputs in the given order.
+/// (Quadratic in the number of futures; callers pass a handful.)
+async fn join_in_order<T>(mut futures: Vec<BoxFuture<'_, T>>) -> Vec<T> {
+    let mut outputs: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Checks a key against the rules in [`ObjectStore`].
 pub fn validate_key(key: &str) -> Result<(), StoreError> {
