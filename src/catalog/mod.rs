@@ -168,9 +168,11 @@ impl Catalog {
     }
 
     pub fn sort(&mut self) {
-        self.snapshots.sort_by_key(|o| (o.max_txid, o.key.clone()));
-        self.segments
-            .sort_by_key(|o| (o.min_txid, o.max_txid, o.key.clone()));
+        self.snapshots
+            .sort_by(|a, b| (a.max_txid, &a.key).cmp(&(b.max_txid, &b.key)));
+        self.segments.sort_by(|a, b| {
+            (a.min_txid, a.max_txid, &a.key).cmp(&(b.min_txid, b.max_txid, &b.key))
+        });
     }
 
     pub fn is_empty(&self) -> bool {

@@ -2,6 +2,7 @@
 
 mod exec;
 mod keys;
+pub mod malloc;
 mod monitoring;
 mod output;
 mod prune;
@@ -211,6 +212,9 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    if matches!(cli.command, Command::Restore { .. }) {
+        malloc::keep_freed_memory();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -193,7 +193,13 @@ pub(crate) struct FrameBlocks<R> {
 impl<R: Read> FrameBlocks<R> {
     /// Reads the frame descriptor. Dictionaries and linked blocks are
     /// refused: walstream never wrote them (and lz4_flex reads no dictionary).
-    pub(crate) fn new(mut r: R) -> Result<FrameBlocks<R>, FormatError> {
+    #[cfg(test)]
+    pub(crate) fn new(r: R) -> Result<FrameBlocks<R>, FormatError> {
+        FrameBlocks::with_buf(r, Vec::new())
+    }
+
+    /// As `new`, reading blocks into `buf` (from an earlier `into_buf`).
+    pub(crate) fn with_buf(mut r: R, buf: Vec<u8>) -> Result<FrameBlocks<R>, FormatError> {
         let mut head = [0u8; 6];
         read_exact(&mut r, &mut head)?;
         if u32::from_le_bytes([head[0], head[1], head[2], head[3]]) != FRAME_MAGIC {
@@ -235,9 +241,14 @@ impl<R: Read> FrameBlocks<R> {
             block_checksums: flg & FLG_BLOCK_CHECKSUM != 0,
             content_checksum: flg & FLG_CONTENT_CHECKSUM != 0,
             ended: false,
-            buf: Vec::new(),
+            buf,
             last: None,
         })
+    }
+
+    /// The block buffer, for the next frame's `with_buf`.
+    pub(crate) fn into_buf(self) -> Vec<u8> {
+        self.buf
     }
 
     /// The most bytes one block decodes to.
@@ -403,6 +414,58 @@ mod tests {
             assert!(rest.is_empty());
         }
         assert!(stored > 0, "no block was stored raw");
+    }
+
+    /// Text-like content: short words from a small vocabulary with noise
+    /// between them, so a block is mostly short literal runs and short
+    /// matches at every distance.
+    fn words(len: usize, seed: u64) -> Vec<u8> {
+        const VOCAB: [&[u8]; 8] = [
+            b"a",
+            b"row",
+            b"INSERT",
+            b"page",
+            b"0123456789abcdefXYZ",
+            b"wal",
+            b"\0\0",
+            b"commit",
+        ];
+        let mut x = seed | 1;
+        let mut out = Vec::with_capacity(len + 32);
+        while out.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(VOCAB[(x % 8) as usize]);
+            for _ in 0..(x >> 8) % 5 {
+                out.push((x >> 16) as u8);
+                x = x.rotate_left(9);
+            }
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// Short literals and matches decode as lz4_flex decodes them, into an
+    /// output of exactly the content's length (no room for a wide copy at
+    /// the end) and into a larger one holding stale bytes.
+    #[test]
+    fn short_sequences_decode_like_lz4_flex() {
+        for (len, seed) in [(17, 1), (100, 2), (4096, 3), (65_536, 4), (65_536, 5)] {
+            let data = words(len, seed);
+            let block = lz4_flex::block::compress(&data);
+            for room in [0, 64] {
+                let mut out = vec![0xA5; len + room];
+                let mut p = Progress::default();
+                assert!(sequences(&block, &mut p, Some(&mut out), usize::MAX).unwrap());
+                assert_eq!(p.output, len);
+                assert_eq!(&out[..len], &data[..], "len {len} seed {seed} room {room}");
+            }
+            // Too small an output is refused, not overrun.
+            let mut short = vec![0; len - 1];
+            let mut p = Progress::default();
+            assert!(sequences(&block, &mut p, Some(&mut short), usize::MAX).is_err());
+        }
     }
 
     #[test]

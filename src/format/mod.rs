@@ -15,7 +15,7 @@ use crate::crypto::{CryptoError, KeyId, Keyring, Opener};
 mod blocks;
 mod records;
 
-pub use records::RecordReader;
+pub use records::{RecordReader, Scratch};
 
 pub const SEGMENT_MAGIC: [u8; 4] = *b"WSEG";
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"WSNP";

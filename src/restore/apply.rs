@@ -21,7 +21,7 @@ use crate::catalog::{check_name, ObjectInfo};
 use crate::crypto::Keyring;
 use crate::error::RestoreError;
 use crate::format::{
-    BodyReader, CommitRecord, FormatError, ObjectHeader, ObjectKind, RecordReader,
+    BodyReader, CommitRecord, FormatError, ObjectHeader, ObjectKind, RecordReader, Scratch,
 };
 
 /// The output while objects are applied, newest first.
@@ -44,6 +44,8 @@ pub(super) struct Output<'a> {
     floor: u32,
     /// The oldest txid applied so far (the target + 1 before anything).
     low: u64,
+    /// Buffers passed from one segment's reader to the next.
+    scratch: Scratch,
 }
 
 /// What the output holds once every object is applied.
@@ -74,6 +76,7 @@ impl<'a> Output<'a> {
             written: Vec::new(),
             floor: 0,
             low: target_txid + 1,
+            scratch: Scratch::default(),
         }
     }
 
@@ -258,8 +261,9 @@ impl<'a> Output<'a> {
         wanted: &[u64],
         check_end: bool,
     ) -> Result<(), Failure> {
-        let mut reader =
-            RecordReader::new(stream, header, self.keys).map_err(|e| damaged(key, e))?;
+        let scratch = std::mem::take(&mut self.scratch);
+        let mut reader = RecordReader::with_scratch(stream, header, self.keys, scratch)
+            .map_err(|e| damaged(key, e))?;
         for &r in wanted {
             let mut page = self.buffer()?;
             match reader.read(r, &mut page) {
@@ -278,6 +282,7 @@ impl<'a> Output<'a> {
         if check_end {
             reader.finish().map_err(|e| damaged(key, e))?;
         }
+        self.scratch = reader.into_scratch();
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use tokio::runtime::Handle;
 use super::apply::{Finished, Output};
 use super::fetch::{ObjectStream, Prefetch};
 use super::plan::RestorePlan;
-use super::RestoreOptions;
+use super::{elapsed_ms, RestoreOptions};
 use crate::catalog::ObjectInfo;
 use crate::error::RestoreError;
 use crate::format::FormatError;
@@ -128,6 +128,7 @@ pub(super) fn execute(
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, Failure> {
     let rt = Handle::current();
+    let started = std::time::Instant::now();
     let out = &opts.output;
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -194,9 +195,12 @@ pub(super) fn execute(
             return Err(Failure::Fatal(error));
         }
     }
+    tracing::debug!(ms = elapsed_ms(started), "applied every object");
     sync_and_check(file, &tmp.path, opts.integrity_check)?;
+    tracing::debug!(ms = elapsed_ms(started), "synced and checked");
     publish(&tmp.path, out, opts.force)?;
     tmp.published = true;
+    tracing::debug!(ms = elapsed_ms(started), "published");
     Ok(RestoreReport {
         output: out.clone(),
         txid: last.txid,

@@ -73,7 +73,13 @@ pub async fn restore(
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
     check_output(&opts.output, opts.force)?;
+    let started = std::time::Instant::now();
     let mut catalog = Catalog::load(store).await?;
+    tracing::debug!(
+        objects = catalog.snapshots.len() + catalog.segments.len(),
+        ms = elapsed_ms(started),
+        "listed the replica"
+    );
     if catalog.is_empty() {
         return Err(RestoreError::EmptyReplica {
             replica: store.describe(),
@@ -84,6 +90,11 @@ pub async fn restore(
     let mut replans = 0;
     loop {
         let plan = plan_txid(&catalog, txid, &exclude)?;
+        tracing::debug!(
+            segments = plan.segments.len(),
+            ms = elapsed_ms(started),
+            "planned"
+        );
         let store2 = Arc::clone(store);
         let opts2 = opts.clone();
         let plan2 = plan.clone();
@@ -125,6 +136,11 @@ pub async fn restore(
             }
         }
     }
+}
+
+/// Milliseconds since `since`, for the debug log's phase times.
+pub(crate) fn elapsed_ms(since: std::time::Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
 }
 
 fn check_output(output: &Path, force: bool) -> Result<(), RestoreError> {

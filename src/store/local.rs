@@ -137,10 +137,17 @@ where
 /// The whole object in the file at `path`. Objects are never modified once
 /// published, so the size read from the open file is the object's size.
 fn read_object(ctx: &ErrCtx, path: &Path) -> Result<Bytes, StoreError> {
-    let (mut file, size) = open_object(path).map_err(|e| ctx.read_err(e))?;
+    let (file, size) = open_object(path).map_err(|e| ctx.read_err(e))?;
     let len = usize::try_from(size).map_err(|_| ctx.io(io::Error::from(ErrorKind::OutOfMemory)))?;
-    let mut buf = vec![0; len];
-    file.read_exact(&mut buf).map_err(|e| ctx.read_err(e))?;
+    // Read into spare capacity: zeroing the buffer first cost as much as
+    // reading small objects.
+    let mut buf = Vec::with_capacity(len);
+    file.take(size)
+        .read_to_end(&mut buf)
+        .map_err(|e| ctx.read_err(e))?;
+    if buf.len() != len {
+        return Err(ctx.read_err(io::Error::from(ErrorKind::UnexpectedEof)));
+    }
     Ok(Bytes::from(buf))
 }
 
