@@ -12,7 +12,11 @@ walstream's CPU seconds and peak RSS, segments and commits per segment
 (from the "segment shipped" debug lines) and checkpoints. With PERF=FILE,
 walstream runs under `perf record -e cpu-clock --call-graph dwarf` instead
 (CPU and RSS are then not read). WALSTREAM_TOML adds global config keys,
-e.g. WALSTREAM_TOML='checkpoint_pages = 500'.
+e.g. WALSTREAM_TOML='checkpoint_pages = 500'. APP_AUTOCHECKPOINT=N sets
+the application connection's `PRAGMA wal_autocheckpoint` (SQLite's default
+is 1000 pages; 0 turns it off). PROBE_REPLICA_PARENT=DIR puts the replica
+in a new directory under DIR instead of beside the database (e.g. /dev/shm,
+to take the replica's writes off the application's disk).
 """
 import os, sys, time, sqlite3, subprocess, shutil, tempfile, signal, re, json
 mode = sys.argv[1]          # throughput | ingest | none
@@ -20,7 +24,9 @@ sync = sys.argv[2] if len(sys.argv) > 2 else "NORMAL"
 wal = os.environ.get("WALSTREAM", os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../target/release/walstream"))
 perf = os.environ.get("PERF")  # perf output file
 work = tempfile.mkdtemp(prefix="capperf-", dir="/tmp")
-db = os.path.join(work, "app.db"); rep = os.path.join(work, "rep")
+db = os.path.join(work, "app.db")
+# PROBE_REPLICA_PARENT: put the replica on another file system (e.g. /dev/shm).
+rep = os.path.join(tempfile.mkdtemp(prefix="capperf-rep-", dir=os.environ.get("PROBE_REPLICA_PARENT", work)), "rep")
 c = sqlite3.connect(db, isolation_level=None)
 c.execute("PRAGMA journal_mode=WAL")
 c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, seq INTEGER, ts INTEGER, v BLOB)")
@@ -42,6 +48,8 @@ if mode != "none":
     proc = subprocess.Popen(cmd, stderr=log, env=env)
 conn = sqlite3.connect(db, isolation_level=None)
 conn.execute("PRAGMA journal_mode=WAL"); conn.execute(f"PRAGMA synchronous={sync}"); conn.execute("PRAGMA busy_timeout=10000")
+if os.environ.get("APP_AUTOCHECKPOINT"):
+    conn.execute(f"PRAGMA wal_autocheckpoint={int(os.environ['APP_AUTOCHECKPOINT'])}")
 if proc:
     while not (os.path.isdir(rep + "/segments") and os.listdir(rep + "/segments")):
         conn.execute("INSERT INTO t(seq, ts, v) VALUES (-1, 0, randomblob(40))"); time.sleep(0.05)
@@ -82,3 +90,4 @@ if proc:
     res["checkpoints"] = sum(1 for l in open(os.path.join(work, "log")) if "checkpoint" in l and "copied" in l)
 print(json.dumps(res))
 shutil.rmtree(work, ignore_errors=True)
+shutil.rmtree(os.path.dirname(rep), ignore_errors=True)
