@@ -447,8 +447,8 @@ mod tests {
     }
 
     /// Short literals and matches decode as lz4_flex decodes them, into an
-    /// output of exactly the content's length (no room for a wide copy at
-    /// the end) and into a larger one holding stale bytes.
+    /// output of exactly the content's length and into a larger one holding
+    /// stale bytes.
     #[test]
     fn short_sequences_decode_like_lz4_flex() {
         for (len, seed) in [(17, 1), (100, 2), (4096, 3), (65_536, 4), (65_536, 5)] {

@@ -126,9 +126,9 @@ pub(super) fn execute(
     store: &Arc<dyn ObjectStore>,
     plan: &RestorePlan,
     opts: &RestoreOptions,
+    started: std::time::Instant,
 ) -> Result<RestoreReport, Failure> {
     let rt = Handle::current();
-    let started = std::time::Instant::now();
     let out = &opts.output;
     let io = |path: &Path| {
         let path = path.to_path_buf();

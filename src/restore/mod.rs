@@ -98,12 +98,13 @@ pub async fn restore(
         let store2 = Arc::clone(store);
         let opts2 = opts.clone();
         let plan2 = plan.clone();
-        let result = tokio::task::spawn_blocking(move || execute::execute(&store2, &plan2, &opts2))
-            .await
-            .map_err(|e| RestoreError::Io {
-                path: opts.output.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+        let result =
+            tokio::task::spawn_blocking(move || execute::execute(&store2, &plan2, &opts2, started))
+                .await
+                .map_err(|e| RestoreError::Io {
+                    path: opts.output.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
         match result {
             // Pruning deleted a planned object meanwhile: what the replica holds
             // now may still reach the target (a newer snapshot), so plan again.
@@ -138,8 +139,9 @@ pub async fn restore(
     }
 }
 
-/// Milliseconds since `since`, for the debug log's phase times.
-pub(crate) fn elapsed_ms(since: std::time::Instant) -> f64 {
+/// Milliseconds since `since` (the start of the restore, for every phase
+/// the debug log times, so they read on one clock).
+pub(super) fn elapsed_ms(since: std::time::Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
