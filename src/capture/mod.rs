@@ -6,6 +6,7 @@
 
 mod compactor;
 mod engine;
+mod events;
 mod lock;
 pub(crate) mod source;
 mod spool;
@@ -192,7 +193,7 @@ pub struct Replication {
     thread: std::sync::Mutex<Option<JoinHandle<Result<(), CaptureError>>>>,
     progress: watch::Receiver<Progress>,
     reads: Arc<AtomicU64>,
-    _watcher: Option<Arc<notify::RecommendedWatcher>>,
+    _watcher: Option<Arc<events::FileEvents>>,
     /// Shared by the replications of the database: released with the last.
     _lock: Arc<ReplicationLock>,
 }
@@ -242,16 +243,18 @@ impl Replication {
             .iter()
             .map(|_| mpsc::sync_channel(COMMAND_QUEUE))
             .collect();
+        let events = events::Prepared::new(&db_path);
+        let rearm = events.as_ref().and_then(events::Prepared::rearm);
         let gates: Vec<_> = specs
             .iter()
-            .map(|_| Arc::new(wake::WakeGate::default()))
+            .map(|_| Arc::new(wake::WakeGate::new(rearm.clone())))
             .collect();
         let targets: Vec<_> = channels
             .iter()
             .zip(&gates)
             .map(|((tx, _), gate)| (tx.clone(), Arc::clone(gate)))
             .collect();
-        let watcher = watch(&db_path, targets).map(Arc::new);
+        let watcher = events.and_then(|e| e.start(targets)).map(Arc::new);
         let rt = tokio::runtime::Handle::current();
         // Every directory ready before any engine runs.
         let mut slots = Vec::new();
@@ -577,42 +580,4 @@ fn absolute(path: &Path) -> Result<PathBuf, CaptureError> {
         path: path.to_path_buf(),
         source,
     })
-}
-
-/// File events on the database's directory wake the engine within milliseconds
-/// of a commit. `None` when the platform offers no watcher (polling then).
-fn watch(
-    db_path: &Path,
-    targets: Vec<(mpsc::SyncSender<Command>, Arc<wake::WakeGate>)>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let dir = db_path.parent()?.to_path_buf();
-    let wal = wal_path(db_path);
-    let db = db_path.to_path_buf();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            // notify's inotify backend also reports IN_OPEN: the engine's own
-            // open of the WAL in every sync would wake it again, forever.
-            if matches!(ev.kind, notify::EventKind::Access(_)) {
-                return;
-            }
-            if ev.paths.iter().any(|p| p == &wal || p == &db) {
-                // With one engine the watcher waits for it to take the
-                // wake-up (see `wake`); with several it never waits, so an
-                // engine busy with a failing replica delays no other.
-                let hold = targets.len() == 1;
-                for (tx, gate) in &targets {
-                    gate.wake(tx, hold);
-                }
-            }
-        }
-    })
-    .ok()?;
-    match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-        Ok(()) => Some(watcher),
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "file events unavailable, polling instead");
-            None
-        }
-    }
 }

@@ -8,12 +8,14 @@
 //! the identical events queued behind it, so the watcher wakes about once per
 //! engine step instead of once per write. No event is lost: the engine takes a
 //! wake-up before it reads the WAL, and any event read after that sends a new
-//! one.
+//! one. On Linux the watches are one-shot instead (see `events`): taking a
+//! wake-up re-arms them, and the watcher is never held.
 
 use std::sync::mpsc::SyncSender;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use super::events::Rearm;
 use super::Command;
 
 /// Longest the watcher waits for the engine to take a wake-up (a safety net:
@@ -26,6 +28,8 @@ pub(crate) struct WakeGate {
     /// the engine has stopped.
     state: Mutex<GateState>,
     taken: Condvar,
+    /// One-shot file watches to put back when a wake-up is taken.
+    rearm: Option<Arc<Rearm>>,
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +39,13 @@ struct GateState {
 }
 
 impl WakeGate {
+    pub(crate) fn new(rearm: Option<Arc<Rearm>>) -> WakeGate {
+        WakeGate {
+            rearm,
+            ..WakeGate::default()
+        }
+    }
+
     /// Watcher side: sends a wake-up unless one is already waiting, then, with
     /// `hold`, holds the calling thread until the engine took it (or
     /// `MAX_HOLD` passed).
@@ -65,6 +76,11 @@ impl WakeGate {
             state.pending = false;
         }
         self.taken.notify_all();
+        // Only after `pending` is cleared: a watch that fires from here on
+        // sends a new wake-up, so no write goes unnoticed.
+        if let Some(r) = &self.rearm {
+            r.rearm();
+        }
     }
 
     /// Engine side, when it stops: the watcher is never held again.
@@ -89,7 +105,6 @@ impl Drop for CloseOnDrop {
 mod tests {
     use super::*;
     use std::sync::mpsc::sync_channel;
-    use std::sync::Arc;
 
     fn wake_in_thread(
         gate: &Arc<WakeGate>,
