@@ -16,7 +16,10 @@ e.g. WALSTREAM_TOML='checkpoint_pages = 500'. APP_AUTOCHECKPOINT=N sets
 the application connection's `PRAGMA wal_autocheckpoint` (SQLite's default
 is 1000 pages; 0 turns it off). PROBE_REPLICA_PARENT=DIR puts the replica
 in a new directory under DIR instead of beside the database (e.g. /dev/shm,
-to take the replica's writes off the application's disk).
+to take the replica's writes off the application's disk). PROBE_SIDE=MODE
+starts scripts/bench/side.py MODE beside the application for the whole run
+(one piece of a replicator's work alone, e.g. `PROBE_SIDE=inotify probe.py
+none NORMAL`; the modes are listed there).
 """
 import os, sys, time, sqlite3, subprocess, shutil, tempfile, signal, re, json
 mode = sys.argv[1]          # throughput | ingest | none
@@ -34,6 +37,9 @@ c.execute("INSERT INTO t(seq, ts, v) VALUES (0, 0, randomblob(40))")
 c.close()
 env = dict(os.environ, WALSTREAM_LOG="walstream=debug")
 proc = None
+side = None
+if os.environ.get("PROBE_SIDE"):
+    side = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "side.py"), os.environ["PROBE_SIDE"], db])
 if mode != "none":
     cmd = [wal, "replicate", db, rep]
     extra = os.environ.get("WALSTREAM_TOML", "")  # e.g. 'checkpoint_pages = 500'
@@ -88,6 +94,8 @@ if proc:
     res["segments"] = len(lines); res["seg_commits"] = commits
     res["commits_per_segment"] = round(commits / max(1, len(lines)), 1)
     res["checkpoints"] = sum(1 for l in open(os.path.join(work, "log")) if "checkpoint" in l and "copied" in l)
+if side:
+    side.kill(); side.wait()
 print(json.dumps(res))
 shutil.rmtree(work, ignore_errors=True)
 shutil.rmtree(os.path.dirname(rep), ignore_errors=True)
