@@ -99,13 +99,15 @@ mod linux {
         /// a write from then on either raises an event or follows one that
         /// has not woken the engine yet.
         pub(crate) fn rearm(&self) {
+            // The flag is read and set under the lock: an engine that finds
+            // the watches armed knows they are in place, not being added.
+            let Ok(mut watches) = self.watches.lock() else {
+                return;
+            };
+            // Set before adding: a watch that fires meanwhile clears it again.
             if self.armed.swap(true, Ordering::SeqCst) {
                 return;
             }
-            let Ok(mut watches) = self.watches.lock() else {
-                self.armed.store(false, Ordering::SeqCst);
-                return;
-            };
             for file in &self.files {
                 match watches.add(file, WatchMask::MODIFY | WatchMask::ONESHOT) {
                     Ok(_) => {}
