@@ -22,7 +22,7 @@ use super::Command;
 pub(crate) type Target = (SyncSender<Command>, Arc<WakeGate>);
 
 /// The files a database's engines are woken for.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Watched {
     dir: PathBuf,
     db: PathBuf,
@@ -109,20 +109,15 @@ mod linux {
                 return;
             }
             for file in &self.files {
-                match watches.add(file, WatchMask::MODIFY | WatchMask::ONESHOT) {
-                    Ok(_) => {}
-                    // Not there (yet): the directory's watch reports its
-                    // creation, and the next look tries again.
-                    Err(e) if e.kind() == ErrorKind::NotFound => {
-                        self.armed.store(false, Ordering::SeqCst);
-                    }
-                    Err(e) => {
-                        self.armed.store(false, Ordering::SeqCst);
-                        if !self.warned.swap(true, Ordering::Relaxed) {
-                            tracing::warn!(file = %file.display(), error = %e,
-                                "cannot watch for writes; new commits are noticed at the poll interval");
-                        }
-                    }
+                let Err(e) = watches.add(file, WatchMask::MODIFY | WatchMask::ONESHOT) else {
+                    continue;
+                };
+                // The next look tries again. A file not there (yet) needs no
+                // warning: the directory's watch reports its creation.
+                self.armed.store(false, Ordering::SeqCst);
+                if e.kind() != ErrorKind::NotFound && !self.warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(file = %file.display(), error = %e,
+                        "cannot watch for writes; new commits are noticed at the poll interval");
                 }
             }
         }
@@ -210,8 +205,11 @@ mod linux {
             while wait_readable(&self.inotify, stopped) {
                 let events = match self.inotify.read_events(&mut buf) {
                     Ok(events) => events,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e)
+                        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) =>
+                    {
+                        continue
+                    }
                     Err(e) => return unavailable(&self.dir, &e),
                 };
                 let (mut fired, mut wake) = (false, false);
