@@ -113,12 +113,16 @@ pub struct LeaseRecord {
     pub ttl_ms: u64,
     /// Written on a clean shutdown: anyone may claim the next generation.
     pub released: bool,
+    /// Written with `released` by a writer some of whose uploads failed after
+    /// they may have been sent: they may still land in the replica.
+    #[serde(default)]
+    pub uploads_may_land: bool,
     /// Random, so a retried create can recognise its own record.
     pub nonce: u64,
 }
 
 impl LeaseRecord {
-    fn new(me: &Identity, times: &LeaseTimes, released: bool) -> LeaseRecord {
+    fn new(me: &Identity, times: &LeaseTimes, end: Option<Release>) -> LeaseRecord {
         LeaseRecord {
             owner: me.owner.clone(),
             host: me.host.clone(),
@@ -126,7 +130,8 @@ impl LeaseRecord {
             db: me.db.clone(),
             renewed_ms: now_ms(),
             ttl_ms: times.ttl.as_millis() as u64,
-            released,
+            released: end.is_some(),
+            uploads_may_land: end == Some(Release::UploadsMayLand),
             nonce: rand::random(),
         }
     }
@@ -181,6 +186,15 @@ pub enum LeaseError {
     Store(#[from] StoreError),
 }
 
+/// How a writer lets its lease go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Every upload it sent was answered.
+    Settled,
+    /// Some failed after they may have been sent, and may still land.
+    UploadsMayLand,
+}
+
 /// A held lease.
 #[derive(Debug)]
 pub struct Lease {
@@ -189,6 +203,8 @@ pub struct Lease {
     generation: u64,
     /// When the request that wrote the current generation was sent.
     renewed_at: Instant,
+    /// The holder before this one never released the lease.
+    after_unclean_stop: bool,
 }
 
 fn lease_key(generation: u64) -> String {
@@ -218,12 +234,13 @@ impl Lease {
         for _ in 0..3 {
             let listed = generations(store).await?;
             let newest = listed.last().copied();
+            let mut unreleased = false;
             if let Some(g) = newest {
                 match read_record(store, g).await {
                     Ok(rec) if !rec.claimable_by(&me, now_ms()) => {
                         return Err(held(store, &rec));
                     }
-                    Ok(_) => {}
+                    Ok(rec) => unreleased = !rec.released || rec.uploads_may_land,
                     // Deleted under us by a renewal: read the chain again.
                     Err(LeaseError::Store(e)) if e.is_not_found() => continue,
                     Err(e) => return Err(e),
@@ -231,7 +248,7 @@ impl Lease {
             }
             let generation = newest.map_or(1, |g| g + 1);
             let renewed_at = Instant::now();
-            let rec = LeaseRecord::new(&me, &times, false);
+            let rec = LeaseRecord::new(&me, &times, None);
             match write_generation(store, generation, &rec).await? {
                 Written::Ours => {
                     for old in listed {
@@ -243,6 +260,7 @@ impl Lease {
                         times,
                         generation,
                         renewed_at,
+                        after_unclean_stop: unreleased,
                     });
                 }
                 Written::Theirs(rec) => last_err = Some(held(store, &rec)),
@@ -254,6 +272,13 @@ impl Lease {
                 reason: "the replica's lease kept changing while it was read".into(),
             })
         }))
+    }
+
+    /// Whether the process that held the replica before stopped without
+    /// releasing it (killed, crashed, or cut off from the store): uploads it
+    /// had sent may still land after this process lists the replica.
+    pub fn after_unclean_stop(&self) -> bool {
+        self.after_unclean_stop
     }
 
     /// Time for the periodic renewal.
@@ -269,22 +294,27 @@ impl Lease {
     /// Writes the next generation; [`LeaseError::Lost`] when another process
     /// wrote it first.
     pub async fn renew(&mut self, store: &Arc<dyn ObjectStore>) -> Result<(), LeaseError> {
-        self.advance(store, false).await
+        self.advance(store, None).await
     }
 
-    /// Marks the lease released so the next start, on any host, claims it at once.
-    pub async fn release(mut self, store: &Arc<dyn ObjectStore>) -> Result<(), LeaseError> {
-        self.advance(store, true).await
+    /// Marks the lease released so the next start, on any host, claims it at
+    /// once, saying whether uploads of this process may still land.
+    pub async fn release(
+        mut self,
+        store: &Arc<dyn ObjectStore>,
+        how: Release,
+    ) -> Result<(), LeaseError> {
+        self.advance(store, Some(how)).await
     }
 
     async fn advance(
         &mut self,
         store: &Arc<dyn ObjectStore>,
-        released: bool,
+        end: Option<Release>,
     ) -> Result<(), LeaseError> {
         let next = self.generation + 1;
         let sent = Instant::now();
-        let rec = LeaseRecord::new(&self.me, &self.times, released);
+        let rec = LeaseRecord::new(&self.me, &self.times, end);
         match write_generation(store, next, &rec).await? {
             Written::Ours => {
                 let _ = store.delete(&lease_key(self.generation)).await;
@@ -470,6 +500,31 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_tells_whether_the_holder_before_settled_its_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let claim = || Lease::acquire(&s, who("a", "h1"), LeaseTimes::default());
+        rt().block_on(async {
+            let first = claim().await.unwrap();
+            assert!(
+                !first.after_unclean_stop(),
+                "an empty replica has no holder before"
+            );
+            first.release(&s, Release::Settled).await.unwrap();
+            let settled = claim().await.unwrap();
+            assert!(!settled.after_unclean_stop());
+            settled.release(&s, Release::UploadsMayLand).await.unwrap();
+            let rec = read_record(&s, 4).await.unwrap();
+            assert!(rec.released && rec.uploads_may_land);
+            let after_failures = claim().await.unwrap();
+            assert!(after_failures.after_unclean_stop());
+            // Never released: killed, its uploads possibly on their way.
+            drop(after_failures);
+            assert!(claim().await.unwrap().after_unclean_stop());
+        });
+    }
+
+    #[test]
     fn released_and_expired_leases_are_claimable_by_anyone() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
@@ -477,7 +532,7 @@ mod tests {
             let lease = Lease::acquire(&s, who("a", "h1"), LeaseTimes::default())
                 .await
                 .unwrap();
-            lease.release(&s).await.unwrap();
+            lease.release(&s, Release::Settled).await.unwrap();
             assert!(read_record(&s, 2).await.unwrap().released);
             let short = LeaseTimes {
                 ttl: Duration::from_millis(200),
@@ -506,7 +561,7 @@ mod tests {
         rt().block_on(async {
             let me = who("a", "h1");
             let times = LeaseTimes::default();
-            let rec = LeaseRecord::new(&me, &times, false);
+            let rec = LeaseRecord::new(&me, &times, None);
             assert!(matches!(
                 write_generation(&s, 7, &rec).await.unwrap(),
                 Written::Ours
@@ -517,7 +572,7 @@ mod tests {
                 Written::Ours
             ));
             // A different record at the same generation is someone else's.
-            let other = LeaseRecord::new(&me, &times, false);
+            let other = LeaseRecord::new(&me, &times, None);
             match write_generation(&s, 7, &other).await.unwrap() {
                 Written::Theirs(there) => assert_eq!(there.nonce, rec.nonce),
                 Written::Ours => panic!("a record with another nonce is not ours"),

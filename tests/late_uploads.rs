@@ -20,6 +20,20 @@ fn started(env: &Env) -> (App, Replicator, Vec<Digest>) {
     (app, rep, states)
 }
 
+/// [`started`], with txids 2..=6 (five commits) shipped.
+fn six_shipped(env: &Env) -> (App, Replicator, Vec<Digest>) {
+    let (mut app, mut rep, mut states) = started(env);
+    commit(&mut app, &mut states, 5);
+    rep.wait_shipped(6);
+    (app, rep, states)
+}
+
+/// SIGKILL: the lease is not released, and nothing is flushed.
+fn kill(mut rep: Replicator) {
+    rep.signal(libc::SIGKILL);
+    rep.wait(std::time::Duration::from_secs(10));
+}
+
 fn commit(app: &mut App, states: &mut Vec<Digest>, n: usize) {
     for _ in 0..n {
         app.commit_insert_one();
@@ -106,9 +120,7 @@ fn assert_next_run_resumes(env: &Env, app: &mut App, states: &mut Vec<Digest>) {
 fn a_late_segment_of_the_old_lineage_yields_to_the_new_one() {
     let env = Env::new();
     let replica = env.replica_arg();
-    let (mut app, mut rep, mut states) = started(&env);
-    commit(&mut app, &mut states, 5);
-    rep.wait_shipped(6);
+    let (mut app, mut rep, mut states) = six_shipped(&env);
     commit(&mut app, &mut states, 5);
     rep.wait_shipped(11);
     rep.stop();
@@ -155,9 +167,7 @@ fn a_late_segment_of_the_old_lineage_yields_to_the_new_one() {
 fn a_late_snapshot_of_a_new_lineage_yields_to_the_resumed_one() {
     let env = Env::new();
     let replica = env.replica_arg();
-    let (mut app, mut rep, mut states) = started(&env);
-    commit(&mut app, &mut states, 5);
-    rep.wait_shipped(6);
+    let (mut app, mut rep, mut states) = six_shipped(&env);
     rep.stop();
     // A process that started from this moment after a WAL reset (a copy of
     // database and replica here) stored a new lineage's snapshot at txid 7,
@@ -205,4 +215,96 @@ fn a_late_snapshot_of_a_new_lineage_yields_to_the_resumed_one() {
     assert_txids(&env, &states, [1, 6, 7, 8, 9]);
     assert_verify_warns(&replica, &held);
     assert_next_run_resumes(&env, &mut app, &mut states);
+}
+
+/// Replaces the database with a restore of `txid` from `replica`, as an
+/// operator putting back the newest backed-up state would (the application's
+/// connection closed meanwhile, its WAL gone with the old file).
+fn restore_in_place(env: &Env, app: App, txid: u64) -> App {
+    drop(app);
+    let tmp = env.path("restoring.db");
+    let t = txid.to_string();
+    walstream([
+        "restore",
+        "-o",
+        tmp.to_str().unwrap(),
+        "--txid",
+        &t,
+        &env.replica_arg(),
+    ])
+    .assert_success();
+    for suffix in ["-wal", "-shm"] {
+        let _ = fs::remove_file(format!("{}{suffix}", env.db.display()));
+    }
+    fs::rename(&tmp, &env.db).expect("replacing the database");
+    App::open(&env.db, 11)
+}
+
+#[test]
+fn a_killed_process_late_segment_never_joins_a_lineage_resumed_from_the_database_file() {
+    let env = Env::new();
+    let replica = env.replica_arg();
+    let (mut app, mut rep, mut states) = six_shipped(&env);
+    commit(&mut app, &mut states, 5);
+    rep.wait_shipped(11);
+    // Killed while the uploads of txids 7..=11 were still on their way: they
+    // have not landed when the next process lists the replica, and the lease
+    // was never released.
+    kill(rep);
+    let held = hold_back(&env.replica, "segments", 7, &env.path("in-flight"));
+    assert!(!held.is_empty());
+    // The operator puts back the newest state the replica lists: the
+    // database file alone now equals txid 6, byte for byte.
+    let mut app = restore_in_place(&env, app, 6);
+    assert_eq!(app.digest(), states[5]);
+    let mut rep = Replicator::spawn(&env.db, &replica, &env.path("run-2.log"));
+    rep.wait_started();
+    let mut live = states[..6].to_vec();
+    // Continuing the lineage would number these 7 and 8, the txids the late
+    // uploads hold with other contents; a new lineage numbers them 8 and 9
+    // after its snapshot at txid 7.
+    let log = rep.log_text();
+    assert!(
+        log.contains("starting a new lineage") && !log.contains("resuming the replica's lineage"),
+        "{log}"
+    );
+    live.push(app.digest());
+    commit(&mut app, &mut live, 2);
+    rep.wait_shipped(live.len() as u64);
+    rep.stop();
+    land(&held, &env.replica, "segments");
+
+    let list = list_json(&replica);
+    assert_eq!(window(&list), Some((1, live.len() as u64)), "{list}");
+    assert_eq!(list["superseded"].as_array().unwrap().len(), held.len());
+    assert_eq!(
+        restore_digest(&replica, &env.path("latest.db"), &[]),
+        live[live.len() - 1]
+    );
+    assert_txids(&env, &live, 1..=live.len() as u64);
+    assert_verify_warns(&replica, &held);
+    assert_next_run_resumes(&env, &mut app, &mut live);
+}
+
+#[test]
+fn a_killed_process_with_nothing_on_its_way_is_resumed_from_the_database_file() {
+    let env = Env::new();
+    let replica = env.replica_arg();
+    let (app, rep, mut states) = six_shipped(&env);
+    // Everything it ever sent is listed: its record of the highest txid sent
+    // (in the state directory, this boot) says 6, so nothing can land later.
+    kill(rep);
+    let mut app = restore_in_place(&env, app, 6);
+    let mut rep = Replicator::spawn(&env.db, &replica, &env.path("run-2.log"));
+    rep.wait_started();
+    let log = rep.log_text();
+    assert!(
+        log.contains("resuming the replica's lineage") && !log.contains("new lineage"),
+        "{log}"
+    );
+    commit(&mut app, &mut states, 2);
+    rep.wait_shipped(8);
+    rep.stop();
+    assert_eq!(lineages(&list_json(&replica)).len(), 1);
+    assert_txids(&env, &states, 1..=8);
 }

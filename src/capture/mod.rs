@@ -8,6 +8,7 @@ mod compactor;
 mod engine;
 mod events;
 mod lock;
+mod sent;
 pub(crate) mod source;
 mod spool;
 mod state;

@@ -2,7 +2,7 @@
 //! renewed while running, released on a clean stop.
 
 use super::*;
-use crate::lease::{Identity, Lease};
+use crate::lease::{Identity, Lease, Release};
 
 impl Engine {
     /// Claims the lease on first use; renews it when due. Writes need a lease
@@ -16,7 +16,18 @@ impl Engine {
                     source,
                 },
             )?;
-            self.lease = Some(rt.block_on(Lease::acquire(&store, me, self.opts.lease))?);
+            let lease = rt.block_on(Lease::acquire(&store, me, self.opts.lease))?;
+            if lease.after_unclean_stop() {
+                // Known exactly when the process before ran on this host in
+                // this boot; else anything may still land.
+                let sent = self.sent.previous().unwrap_or(u64::MAX);
+                self.uploads_may_land = Some(self.uploads_may_land.unwrap_or(0).max(sent));
+            }
+            self.lease = Some(lease);
+            self.sent.claimed().map_err(|source| CaptureError::Io {
+                path: self.sent.path().to_path_buf(),
+                source,
+            })?;
             return Ok(());
         };
         // Not while the application's writers are held: a renewal can wait
@@ -41,7 +52,12 @@ impl Engine {
     /// Lets the next start, on any host, claim the replica at once.
     pub(super) fn release_lease(&mut self) {
         if let Some(lease) = self.lease.take() {
-            if let Err(e) = self.block_on(lease.release(&self.store)) {
+            let how = if self.uploads_may_land.is_some() {
+                Release::UploadsMayLand
+            } else {
+                Release::Settled
+            };
+            if let Err(e) = self.block_on(lease.release(&self.store, how)) {
                 tracing::warn!(error = %e, "could not release the replica lease; it expires by itself");
             }
         }

@@ -19,6 +19,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
 
 use super::compactor::{Compactor, CompactorContext};
+use super::sent::SentRecord;
 use super::source::Source;
 use super::state::StateReader;
 use super::{CaptureOptions, Command, Progress, Slot};
@@ -149,6 +150,17 @@ struct Engine {
     tail: Option<checkpoint::Tail>,
     /// When the last whole checkpoint cycle started.
     last_cycle: Option<Instant>,
+    /// Segments with txids up to this one may still land in the replica after
+    /// it was listed: one of this process's segment uploads failed after it
+    /// may have been sent, or (`u64::MAX`, txids unknown) the process before
+    /// stopped without settling its uploads. Meanwhile the database file
+    /// alone proves no continuity (see `Engine::try_resume`). Cleared once
+    /// what may land repeats what was shipped since: a later upload reached
+    /// past it, or a resume shipped the whole WAL the uploads were read from;
+    /// or once a new lineage starts (late objects of older ones yield to it).
+    uploads_may_land: Option<u64>,
+    /// The highest txid its segment uploads carried, for the next process.
+    sent: SentRecord,
 }
 
 /// Longest pause after storing segments before the next ones under load.
@@ -361,13 +373,15 @@ impl Engine {
             last_ship: None,
             deferred: false,
             gate: None,
-            slot,
             durable_read: 0,
             pending_lineage: None,
             writers_held_until: None,
             locked_budget_spent: false,
             tail: None,
             last_cycle: None,
+            uploads_may_land: None,
+            sent: SentRecord::open(&slot.work_dir),
+            slot,
         }
     }
 
@@ -756,11 +770,16 @@ impl Engine {
             first_time,
             time,
         );
-        let stored = match &body {
-            SegmentBody::Memory(plain) => self.put_create_only(&key, plain.clone()),
-            SegmentBody::Spooled(spool) => self.put_spooled(&key, &header, spool),
-        };
+        let stored = self
+            .note_sending(header.max_txid())
+            .and_then(|()| match &body {
+                SegmentBody::Memory(plain) => self.put_create_only(&key, plain.clone()),
+                SegmentBody::Spooled(spool) => self.put_spooled(&key, &header, spool),
+            });
         if let Err(e) = stored {
+            // A request that failed may still have been sent and land later.
+            let upto = self.uploads_may_land.unwrap_or(0).max(header.max_txid());
+            self.uploads_may_land = Some(upto);
             self.lin()?.hashes.rollback();
             return Err(e);
         }
@@ -773,11 +792,22 @@ impl Engine {
         }
         lin.last_time_ms = time;
         lin.observed.retain(|&(end, _)| end > last.end_frame);
+        if self.uploads_may_land <= Some(header.max_txid()) {
+            self.uploads_may_land = None;
+        }
         self.next_txid = header.max_txid() + 1;
         self.status.last_shipped_txid = header.max_txid();
         self.status.last_shipped_time_ms = Some(time);
         tracing::debug!(%key, commits = batch.commits.len(), bytes = body.len(), "segment shipped");
         Ok(())
+    }
+
+    /// Records, before an upload is sent, the highest txid it carries.
+    fn note_sending(&mut self, txid: u64) -> Result<(), CaptureError> {
+        self.sent.sending(txid).map_err(|source| CaptureError::Io {
+            path: self.sent.path().to_path_buf(),
+            source,
+        })
     }
 
     /// Small segments go to the compactor's log; a large one is not worth

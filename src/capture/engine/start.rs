@@ -131,6 +131,9 @@ impl Engine {
         lin.last_snapshot_ms = last_snapshot_ms;
         self.lin = Some(lin);
         self.sync()?;
+        // With uploads that may land the resume came through the WAL they
+        // were read from, now shipped to its end: they can only repeat it.
+        self.uploads_may_land = None;
         let src = self.src()?;
         if src.is_locked() {
             // Everything in the WAL is shipped and no writer can add to it: a
@@ -237,6 +240,17 @@ impl Engine {
         if Some(hashes.checksum()) != last.checksum {
             return Ok(Err(
                 "the WAL was reset while walstream was not running and the database changed".into(),
+            ));
+        }
+        // Equal contents prove nothing when later segments of this lineage may
+        // still land: a database put back to this state (a restore in place)
+        // would number its next transactions like them, with other pages.
+        if self.uploads_may_land.is_some_and(|t| t >= self.next_txid) {
+            return Ok(Err(
+                "the WAL was reset while walstream was not running, and uploads of the lineage may \
+                 still land (the process before stopped without releasing the replica, or an upload \
+                 failed), so the database file alone does not prove continuity"
+                    .into(),
             ));
         }
         lin.hashes = hashes;
@@ -378,6 +392,8 @@ impl Engine {
             pos,
         } = p;
         let BuiltSnapshot { key, hashes, .. } = built;
+        // Late uploads of older lineages yield to this one (docs/format.md).
+        self.uploads_may_land = None;
         self.next_txid = txid + 1;
         let frame = match pos {
             Pos::Known(p) => p.frame,
