@@ -75,7 +75,9 @@
 //!    before it sent the commits after txid 2, the database was replaced by a
 //!    restore of txid 2 (S_348), and the next process rightly resumed the
 //!    lineage at txid 2, since the file alone hashed to it. The states between
-//!    were never shipped; the check now accepts that skip (`rewinds`). Had the
+//!    were never shipped; the check now accepts that skip (`rewinds`;
+//!    scripted in `resume_over_a_restore_of_the_newest_txid`, which fails the
+//!    old check with the same "txid 6 -> S_{8, 12}" signature). Had the
 //!    killed process sent segments past txid 2 that landed only later, they
 //!    would have given txids 3.. other pages in that same lineage: since then
 //!    a process resumes from the database file alone only when no upload of
@@ -323,6 +325,51 @@ fn new_lineage_under_write_load() {
                 }
                 run.wait_ready();
             }
+        },
+    );
+}
+
+/// Scripted scenario for finding D (see the module documentation): walstream
+/// is killed with everything shipped, the application commits while it is
+/// down, the database is put back to the newest txid the replica lists, and
+/// walstream is started again. It may continue its lineage over the restored
+/// file (nothing it sent can land later), skipping the states never shipped.
+#[test]
+fn resume_over_a_restore_of_the_newest_txid() {
+    if env_seed_value().is_some() {
+        return;
+    }
+    let shape = Shape {
+        page_size: 4096,
+        app_autocheckpoint: 1000,
+        journal_size_limit: -1,
+        config: None,
+    };
+    run_with(
+        0x5EED_000D_0E57_0EED,
+        Some(shape),
+        "3 scripted rounds",
+        |run| {
+            run.start_replicating(true);
+            for _ in 0..3 {
+                for _ in 0..5 {
+                    run.small_txn();
+                }
+                run.quiesce();
+                run.kill9();
+                for _ in 0..3 {
+                    run.small_txn();
+                }
+                run.put_back_newest();
+                run.spawn();
+                run.wait_ready();
+                run.small_txn();
+            }
+            let log = fs::read_to_string(&run.log_path).unwrap_or_default();
+            assert!(
+                log.matches("resuming the replica's lineage").count() >= 3,
+                "walstream continued its lineage over each restored file:\n{log}"
+            );
         },
     );
 }
@@ -1314,6 +1361,20 @@ impl Run {
             1 => self.recreate(),
             _ => self.change_page_size(),
         };
+        self.replaced(what);
+    }
+
+    /// While walstream is down: the database is put back to the newest txid
+    /// the replica lists (what an operator restoring in place would take).
+    fn put_back_newest(&mut self) {
+        let what = self
+            .listed_window()
+            .map(|w| self.restore_in_place(w.max_txid, w.max_txid));
+        self.replaced(what);
+    }
+
+    /// Bookkeeping after the database file was replaced (`what` says how).
+    fn replaced(&mut self, what: Option<String>) {
         if let Some(what) = what {
             self.stats.replacements += 1;
             self.rebuild_model();
@@ -1342,13 +1403,23 @@ impl Run {
     }
 
     fn restore_older(&mut self) -> Option<String> {
-        let replica = self.replica_check.clone();
-        let (_, out, _) = walstream(&["list", "--json", &replica]);
-        let window = Listing::parse(&out).window?;
+        let window = self.listed_window()?;
         let txid = self.rng.range(window.min_txid, window.max_txid);
-        if txid == window.max_txid {
+        Some(self.restore_in_place(txid, window.max_txid))
+    }
+
+    fn listed_window(&self) -> Option<WindowInfo> {
+        let (_, out, _) = walstream(&["list", "--json", &self.replica_check]);
+        Listing::parse(&out).window
+    }
+
+    /// Replaces the database by a restore of `txid`; `newest` is the newest
+    /// txid the replica lists.
+    fn restore_in_place(&mut self, txid: u64, newest: u64) -> String {
+        if txid == newest {
             self.rewinds.push(txid);
         }
+        let replica = self.replica_check.clone();
         let tmp = self.db.with_extension("restoring");
         let t = txid.to_string();
         let (status, _, err) = walstream(&[
@@ -1365,7 +1436,7 @@ impl Run {
             let _ = fs::remove_file(shm_path(db));
             fs::rename(&tmp, db).expect("replacing the database");
         });
-        Some(format!("database replaced by a restore of txid {txid}"))
+        format!("database replaced by a restore of txid {txid}")
     }
 
     fn recreate(&mut self) -> Option<String> {
