@@ -218,6 +218,17 @@ fn env_seed() {
     run_seed_on(seed, steps_from_env(), s3);
 }
 
+/// The shape of the scripted scenarios: 4 KiB pages, no WAL size limit, the
+/// default replicate settings, and the application's `wal_autocheckpoint`.
+fn scripted_shape(app_autocheckpoint: u32) -> Shape {
+    Shape {
+        page_size: 4096,
+        app_autocheckpoint,
+        journal_size_limit: -1,
+        config: None,
+    }
+}
+
 /// Scripted scenario for finding A (see the module documentation): walstream is killed, the application commits (a
 /// multi-MB blob and small transactions) and checkpoints PASSIVE, which copies the
 /// whole WAL into the database file because no reader is left; walstream is
@@ -233,12 +244,7 @@ fn resume_after_full_checkpoint_while_down() {
     }
     // No auto-checkpoint: the commits made while walstream is down must stay in
     // the WAL until the explicit checkpoint.
-    let shape = Shape {
-        page_size: 4096,
-        app_autocheckpoint: 0,
-        journal_size_limit: -1,
-        config: None,
-    };
+    let shape = scripted_shape(0);
     run_with(
         0x5EED_0005_5CE7_A410,
         Some(shape),
@@ -291,12 +297,7 @@ fn new_lineage_under_write_load() {
     if env_seed_value().is_some() {
         return;
     }
-    let shape = Shape {
-        page_size: 4096,
-        app_autocheckpoint: 0,
-        journal_size_limit: -1,
-        config: None,
-    };
+    let shape = scripted_shape(0);
     run_with(
         0x5EED_0006_11E4_6E00,
         Some(shape),
@@ -339,12 +340,7 @@ fn resume_over_a_restore_of_the_newest_txid() {
     if env_seed_value().is_some() {
         return;
     }
-    let shape = Shape {
-        page_size: 4096,
-        app_autocheckpoint: 1000,
-        journal_size_limit: -1,
-        config: None,
-    };
+    let shape = scripted_shape(1000);
     run_with(
         0x5EED_000D_0E57_0EED,
         Some(shape),

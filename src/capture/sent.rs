@@ -10,6 +10,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::error::CaptureError;
+
 const FILE_NAME: &str = "uploads-sent";
 const MAGIC: &str = "walstream-uploads-sent-v1";
 
@@ -48,13 +50,20 @@ impl SentRecord {
     }
 
     /// Writes the record as it stands, when the replica is claimed.
-    pub(crate) fn claimed(&mut self) -> std::io::Result<()> {
+    pub(crate) fn claimed(&mut self) -> Result<(), CaptureError> {
         self.sending(self.highest)
     }
 
     /// Records that an upload carrying txids up to `txid` is about to be sent.
     /// An error means the record cannot be trusted; the upload must not go.
-    pub(crate) fn sending(&mut self, txid: u64) -> std::io::Result<()> {
+    pub(crate) fn sending(&mut self, txid: u64) -> Result<(), CaptureError> {
+        self.write(txid).map_err(|source| CaptureError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn write(&mut self, txid: u64) -> std::io::Result<()> {
         let Some(boot) = &self.boot else {
             return Ok(());
         };
@@ -80,10 +89,6 @@ impl SentRecord {
             let _ = std::fs::remove_file(&self.path);
         }
         r
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -20,15 +20,10 @@ impl Engine {
             if lease.after_unclean_stop() {
                 // Known exactly when the process before ran on this host in
                 // this boot; else anything may still land.
-                let sent = self.sent.previous().unwrap_or(u64::MAX);
-                self.uploads_may_land = Some(self.uploads_may_land.unwrap_or(0).max(sent));
+                self.may_land_up_to(self.sent.previous().unwrap_or(u64::MAX));
             }
             self.lease = Some(lease);
-            self.sent.claimed().map_err(|source| CaptureError::Io {
-                path: self.sent.path().to_path_buf(),
-                source,
-            })?;
-            return Ok(());
+            return self.sent.claimed();
         };
         // Not while the application's writers are held: a renewal can wait
         // for the next write, and a slow store must not hold them.

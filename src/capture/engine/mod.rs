@@ -771,15 +771,15 @@ impl Engine {
             time,
         );
         let stored = self
-            .note_sending(header.max_txid())
+            .sent
+            .sending(header.max_txid())
             .and_then(|()| match &body {
                 SegmentBody::Memory(plain) => self.put_create_only(&key, plain.clone()),
                 SegmentBody::Spooled(spool) => self.put_spooled(&key, &header, spool),
             });
         if let Err(e) = stored {
             // A request that failed may still have been sent and land later.
-            let upto = self.uploads_may_land.unwrap_or(0).max(header.max_txid());
-            self.uploads_may_land = Some(upto);
+            self.may_land_up_to(header.max_txid());
             self.lin()?.hashes.rollback();
             return Err(e);
         }
@@ -802,12 +802,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Records, before an upload is sent, the highest txid it carries.
-    fn note_sending(&mut self, txid: u64) -> Result<(), CaptureError> {
-        self.sent.sending(txid).map_err(|source| CaptureError::Io {
-            path: self.sent.path().to_path_buf(),
-            source,
-        })
+    /// Uploads with txids up to `txid` may still land (see `uploads_may_land`).
+    fn may_land_up_to(&mut self, txid: u64) {
+        self.uploads_may_land = Some(self.uploads_may_land.map_or(txid, |t| t.max(txid)));
     }
 
     /// Small segments go to the compactor's log; a large one is not worth
