@@ -187,6 +187,8 @@ const FAMILIES: &[(&str, &str, &str, Samples)] = &[
             Some(d) => labeled(&[("mode=\"passive\"", d as f64 / 1000.0)]),
             None => Vec::new(),
         }),
+    ("walstream_writers_held_seconds_total", "counter", "Time the application's writers were held for checkpoints and lineage starts.",
+        |r, _| one(r.engine.writers_held_us as f64 / 1e6)),
     ("walstream_errors_total", "counter", "Errors by operation (each retried or reported).",
         |r, _| labeled(&[
             ("op=\"replicate\"", r.engine.errors as f64),

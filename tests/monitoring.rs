@@ -219,6 +219,7 @@ fn metrics_endpoint_and_scheduled_verification() {
         "# TYPE walstream_pending_bytes gauge",
         "# TYPE walstream_wal_bytes gauge",
         "# TYPE walstream_checkpoints_total counter",
+        "# TYPE walstream_writers_held_seconds_total counter",
         "# TYPE walstream_errors_total counter",
         "# HELP walstream_last_upload_timestamp_seconds ",
     ] {
@@ -227,6 +228,9 @@ fn metrics_endpoint_and_scheduled_verification() {
     assert_eq!(sample(&body, "walstream_up", &db), Some(1.0), "{body}");
     assert_eq!(sample(&body, "walstream_health", &db), Some(0.0), "{body}");
     assert!(sample(&body, "walstream_last_shipped_txid", &db).is_some_and(|t| t >= 2.0));
+    // Starting the lineage pinned the WAL with the writers held for a moment.
+    let held = sample(&body, "walstream_writers_held_seconds_total", &db);
+    assert!(held.is_some_and(|s| s > 0.0 && s < 5.0), "{held:?}\n{body}");
     assert!(
         sample(&body, "walstream_verifications_total", "result=\"ok\"").is_some_and(|n| n >= 1.0),
         "{body}"

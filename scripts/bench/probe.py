@@ -19,7 +19,11 @@ in a new directory under DIR instead of beside the database (e.g. /dev/shm,
 to take the replica's writes off the application's disk). PROBE_SIDE=MODE
 starts scripts/bench/side.py MODE beside the application for the whole run
 (one piece of a replicator's work alone, e.g. `PROBE_SIDE=inotify probe.py
-none NORMAL`; the modes are listed there).
+none NORMAL`; the modes are listed there). PROBE_LATENCY=1 times every
+commit of throughput/none and adds its median, p99, p99.9 and maximum
+(lat_ms) and the commits of 1 ms or more (over_1ms, over_1ms_s: their count
+and time). The output also sums how long walstream held the application's
+writers (held_ms, from the checkpoint debug lines).
 """
 import os, sys, time, sqlite3, subprocess, shutil, tempfile, signal, re, json
 mode = sys.argv[1]          # throughput | ingest | none
@@ -73,9 +77,16 @@ def shipped_lines():
     if not proc: return []
     return [l for l in open(os.path.join(work, "log")) if "segment shipped" in l]
 n0 = len(shipped_lines())
-cpu0 = cpu(); t0 = time.perf_counter(); n = 0; app_cpu0 = time.process_time()
+cpu0 = cpu(); lat = []; t0 = time.perf_counter(); n = 0; app_cpu0 = time.process_time()
 if mode in ("throughput", "none"):
     end = t0 + 10
+    if os.environ.get("PROBE_LATENCY"):
+        pc = time.perf_counter
+        while True:
+            s = pc()
+            if s >= end: break
+            conn.execute("BEGIN"); conn.execute("INSERT INTO t(seq, ts, v) VALUES (?, ?, randomblob(40))", (n, 0)); conn.execute("COMMIT"); n += 1
+            lat.append(pc() - s)
     while time.perf_counter() < end:
         conn.execute("BEGIN"); conn.execute("INSERT INTO t(seq, ts, v) VALUES (?, ?, randomblob(40))", (n, 0)); conn.execute("COMMIT"); n += 1
     app = time.perf_counter() - t0
@@ -86,6 +97,11 @@ else:
 time.sleep(4)
 res = {"app_cpu_share": round((time.process_time() - app_cpu0) / app, 2), "mode": mode, "sync": sync, "commits": n, "app_s": round(app, 2), "commits_per_s": round(n / app),
        "load": open("/proc/loadavg").read().split()[:3]}
+if lat:
+    lat.sort(); q = lambda f: round(lat[min(len(lat) - 1, int(f * len(lat)))] * 1e3, 3)
+    slow = [x for x in lat if x >= 0.001]
+    res.update({"lat_ms": {"p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "max": q(1.0)},
+                "over_1ms": len(slow), "over_1ms_s": round(sum(slow), 3), "over_5ms": sum(1 for x in lat if x >= 0.005)})
 if proc:
     res["cpu_s"] = round(cpu() - cpu0, 2); res["hwm_mb"] = round(hwm(), 1)
     proc.send_signal(signal.SIGTERM); proc.wait()
@@ -94,6 +110,9 @@ if proc:
     res["segments"] = len(lines); res["seg_commits"] = commits
     res["commits_per_segment"] = round(commits / max(1, len(lines)), 1)
     res["checkpoints"] = sum(1 for l in open(os.path.join(work, "log")) if "checkpoint" in l and "copied" in l)
+    held = sorted(int(m.group(1)) for l in open(os.path.join(work, "log")) for m in [re.search(r"held_us=(\d+)", l)] if m)
+    if held:
+        res["held_ms"] = {"median": held[len(held) // 2] / 1e3, "max": held[-1] / 1e3, "sum": round(sum(held) / 1e3, 1)}
 if side:
     side.kill(); side.wait()
 print(json.dumps(res))

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, FileControl, OpenFlags};
@@ -114,6 +114,11 @@ pub struct Source {
     pin_ix: usize,
     pinned: bool,
     locked: bool,
+    /// When the writers were last held, and for how long in all since
+    /// [`Source::take_held`] (how long the application waited is what a
+    /// checkpoint costs it).
+    locked_at: Option<Instant>,
+    held: Duration,
     /// The other connection holds a newer pin while the old one is kept.
     rolling: bool,
     busy_timeout: Duration,
@@ -166,6 +171,8 @@ impl Source {
             pin_ix: 0,
             pinned: false,
             locked: false,
+            locked_at: None,
+            held: Duration::ZERO,
             rolling: false,
             busy_timeout,
             db_file,
@@ -265,7 +272,13 @@ impl Source {
         let got = r.map_err(|e| self.sql_err(e))?;
         restored.map_err(|e| self.sql_err(e))?;
         self.locked = got;
+        self.locked_at = got.then(Instant::now);
         Ok(got)
+    }
+
+    /// How long the writers were held since the last call.
+    pub fn take_held(&mut self) -> Duration {
+        std::mem::take(&mut self.held)
     }
 
     pub fn is_locked(&self) -> bool {
@@ -280,7 +293,11 @@ impl Source {
     pub fn unlock_writers(&mut self) -> Result<(), CaptureError> {
         if self.locked {
             self.locked = false;
-            self.end(1 - self.pin_ix, "ROLLBACK")?;
+            let r = self.end(1 - self.pin_ix, "ROLLBACK");
+            if let Some(at) = self.locked_at.take() {
+                self.held += at.elapsed();
+            }
+            r?;
         }
         Ok(())
     }
@@ -334,7 +351,7 @@ fn begin_read(conn: &Connection) -> rusqlite::Result<()> {
 /// `BEGIN IMMEDIATE` on `conn` (whose busy handler is off) until it succeeds
 /// or `timeout` passed: true when the write lock is held.
 fn poll_write_lock(conn: &Connection, timeout: Duration) -> rusqlite::Result<bool> {
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let (deadline, spin_until) = (start + timeout, start + LOCK_SPIN);
     loop {
         match conn.execute_batch("BEGIN IMMEDIATE") {
@@ -345,7 +362,7 @@ fn poll_write_lock(conn: &Connection, timeout: Duration) -> rusqlite::Result<boo
                     rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
                 ) =>
             {
-                let now = std::time::Instant::now();
+                let now = Instant::now();
                 if now >= deadline {
                     return Ok(false);
                 }

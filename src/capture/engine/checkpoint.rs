@@ -131,7 +131,8 @@ impl Engine {
                 lin.checkpoint_frame = frame;
             }
         }
-        tracing::debug!(log, copied, "checkpoint");
+        let held_us = self.account_held().as_micros() as u64;
+        tracing::debug!(log, copied, held_us, "checkpoint");
         Ok(())
     }
 

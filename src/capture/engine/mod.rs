@@ -59,6 +59,11 @@ pub struct EngineStatus {
     /// The last whole PASSIVE checkpoint cycle.
     #[serde(default)]
     pub last_checkpoint_duration_ms: Option<u64>,
+    /// How long the application's writers were held in all since start, in
+    /// microseconds (one short moment per checkpoint cycle, see
+    /// docs/architecture.md).
+    #[serde(default)]
+    pub writers_held_us: u64,
     /// The replica failed past `outage_wal_hold` or `outage_wal_max_mb` and
     /// no longer holds the WAL (until it starts again).
     #[serde(default)]
@@ -463,7 +468,7 @@ impl Engine {
             self.time_floor_ms = self.time_floor_ms.max(l.last_time_ms);
         }
         self.lin = None;
-        self.src = None;
+        self.drop_source();
         self.drop_tail();
         self.status.wal_released = true;
     }
@@ -843,7 +848,22 @@ impl Engine {
         }
     }
 
+    /// Adds the time the writers were held since the last call to the status;
+    /// the duration of that time.
+    pub(super) fn account_held(&mut self) -> Duration {
+        let held = self.src.as_mut().map_or(Duration::ZERO, Source::take_held);
+        self.status.writers_held_us += held.as_micros() as u64;
+        held
+    }
+
+    /// Closes the database connections, keeping the account of their holds.
+    pub(super) fn drop_source(&mut self) {
+        self.account_held();
+        self.src = None;
+    }
+
     fn current_status(&mut self) -> EngineStatus {
+        self.account_held();
         let mut s = self.status.clone();
         s.lag_ms = self
             .unshipped_since

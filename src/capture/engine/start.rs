@@ -45,7 +45,7 @@ impl Engine {
             .as_ref()
             .is_some_and(|s| !s.is_locked() && matches!(s.replaced(), Ok(false)));
         if !reusable {
-            self.src = None;
+            self.drop_source();
             self.src = Some(Source::open(
                 &self.db_path,
                 self.opts.busy_timeout,
@@ -276,7 +276,7 @@ impl Engine {
             .as_ref()
             .is_none_or(|s| s.replaced().unwrap_or(true))
         {
-            self.src = None;
+            self.drop_source();
             let mut src = Source::open(&self.db_path, self.opts.busy_timeout, &self.slot.files)?;
             src.pin()?;
             self.src = Some(src);
