@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::capture::CaptureOptions;
 use crate::store::{validate_key, LocalStore, ObjectStore, S3Config, S3Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +126,23 @@ impl ReplicaUrl {
             ReplicaUrl::Local(_) => std::time::Duration::ZERO,
             ReplicaUrl::S3(_) => std::time::Duration::from_secs(1),
         }
+    }
+
+    /// Longest group-commit pause after a store (see
+    /// [`CaptureOptions::pace_limit`]).
+    pub fn default_pace_limit(&self) -> std::time::Duration {
+        match self {
+            ReplicaUrl::Local(_) => crate::capture::DEFAULT_PACE_LIMIT,
+            ReplicaUrl::S3(_) => std::time::Duration::ZERO,
+        }
+    }
+
+    /// Fills in what the configuration left to this kind of store.
+    pub fn apply_defaults(&self, opts: &mut CaptureOptions) {
+        opts.upload_interval
+            .get_or_insert_with(|| self.default_upload_interval());
+        opts.pace_limit
+            .get_or_insert_with(|| self.default_pace_limit());
     }
 
     /// How messages name the replica (never contains secrets).
@@ -368,6 +386,29 @@ mod tests {
         assert!(ReplicaUrl::parse("file://relative").is_err());
         assert!(ReplicaUrl::parse("ftp://host/x").is_err());
         assert!(ReplicaUrl::parse("").is_err());
+    }
+
+    #[test]
+    fn each_kind_of_store_fills_in_its_own_defaults_and_keeps_configured_ones() {
+        use std::time::Duration;
+        let local = ReplicaUrl::parse("/x/y").unwrap();
+        let bucket = ReplicaUrl::parse("s3://b/p?endpoint=http://127.0.0.1:9").unwrap();
+        let mut o = CaptureOptions::default();
+        local.apply_defaults(&mut o);
+        assert_eq!(o.upload_interval, Some(Duration::ZERO));
+        assert_eq!(o.pace_limit, Some(crate::capture::DEFAULT_PACE_LIMIT));
+        let mut o = CaptureOptions::default();
+        bucket.apply_defaults(&mut o);
+        assert_eq!(o.upload_interval, Some(Duration::from_secs(1)));
+        assert_eq!(o.pace_limit, Some(Duration::ZERO));
+        let mut o = CaptureOptions {
+            upload_interval: Some(Duration::from_millis(7)),
+            pace_limit: Some(Duration::from_millis(3)),
+            ..CaptureOptions::default()
+        };
+        bucket.apply_defaults(&mut o);
+        assert_eq!(o.upload_interval, Some(Duration::from_millis(7)));
+        assert_eq!(o.pace_limit, Some(Duration::from_millis(3)));
     }
 
     fn s3(url: &str) -> S3Config {

@@ -203,22 +203,27 @@ impl ReplicatorBuilder {
         }
         let mut specs = Vec::new();
         for entry in &self.replicas {
-            let (store, default_upload, default_name) = match &entry.source {
+            let (store, url, default_name) = match &entry.source {
                 ReplicaSource::Store(s) => (Arc::clone(s), None, default_replica_name(s.as_ref())),
                 ReplicaSource::Url(u) => {
-                    let (s, d) = open(ReplicaUrl::parse(u)?)?;
-                    (s, d, crate::config::default_name(u).to_string())
+                    let url = ReplicaUrl::parse(u)?;
+                    (
+                        url.open()?,
+                        Some(url),
+                        crate::config::default_name(u).to_string(),
+                    )
                 }
                 ReplicaSource::Parsed(u) => {
-                    let (s, d) = open(u.clone())?;
-                    (Arc::clone(&s), d, default_replica_name(s.as_ref()))
+                    let s = u.open()?;
+                    let name = default_replica_name(s.as_ref());
+                    (s, Some(u.clone()), name)
                 }
             };
             let mut opts = self.opts.clone();
-            opts.upload_interval = entry
-                .upload_interval
-                .or(opts.upload_interval)
-                .or(default_upload);
+            opts.upload_interval = entry.upload_interval.or(opts.upload_interval);
+            if let Some(url) = &url {
+                url.apply_defaults(&mut opts);
+            }
             specs.push(ReplicaSpec {
                 name: entry.name.clone().unwrap_or(default_name),
                 store,
@@ -266,10 +271,6 @@ impl ReplicatorBuilder {
             verifiers: Arc::from(verifiers),
         })
     }
-}
-
-fn open(url: ReplicaUrl) -> Result<(Arc<dyn ObjectStore>, Option<Duration>), StoreError> {
-    Ok((url.open()?, Some(url.default_upload_interval())))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

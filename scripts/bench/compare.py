@@ -20,6 +20,13 @@ final name (IN_CREATE or IN_MOVED_TO; names containing "tmp" are ignored) with
 CLOCK_MONOTONIC. The application timestamps each COMMIT's return with the same
 clock. A commit's lag is the time from its COMMIT returning to the first file
 that appears after it.
+
+Lag to S3 (--only lag_s3, SeaweedFS on loopback started by compare.sh) is
+taken at the counting proxy in front of it (scripts/bench/s3count.py): the
+moment it relayed the answer to a successful PUT of a per-transaction object
+(walstream: PREFIX/segments/..., Litestream: PREFIX/0000/..., its level 0), on the same
+clock. walstream's default upload_interval for S3 is 1 s, like Litestream's
+sync-interval; --walstream-s3-upload-interval 0s ships every commit at once.
 """
 
 import argparse
@@ -138,6 +145,12 @@ class Replicator:
             if s3:
                 url = f"{self.replicas[0]}?endpoint={s3[0]}&force-path-style=true&region=us-east-1"
                 cmd = [args.walstream, "replicate", dbs[0], url]
+                if args.walstream_s3_upload_interval:
+                    cfg = os.path.join(work, "walstream.toml")
+                    with open(cfg, "w") as f:
+                        f.write(f'[[db]]\npath = "{dbs[0]}"\n[[db.replica]]\nurl = "{url}"\n'
+                                f'upload_interval = "{args.walstream_s3_upload_interval}"\n')
+                    cmd = [args.walstream, "replicate", "--config", cfg]
             elif len(dbs) == 1 and not args.walstream_upload_interval:
                 cmd = [args.walstream, "replicate", dbs[0], self.replicas[0]]
             else:
@@ -259,30 +272,33 @@ def replicated(tool, args, work):
             rep.stop()
 
 
-def run_lag(tool, args, work):
-    with replicated(tool, args, work) as (db, rep, conn):
-        w = Watcher(rep.watch_dir(), work)
-        for _ in range(20):  # warm-up, not measured
-            conn.execute("INSERT INTO t(seq, ts, v) VALUES (-2, 0, randomblob(40))")
-            time.sleep(args.interval)
-        time.sleep(2)  # Litestream: let the warm-up sync out
-        cpu0, t0 = rep.cpu_s(), time.time()
-        commits = []
-        nxt = time.perf_counter()
-        for seq in range(1, args.commits + 1):
-            conn.execute("BEGIN")
-            conn.execute("INSERT INTO t(seq, ts, v) VALUES (?, ?, randomblob(40))", (seq, time.time_ns()))
-            conn.execute("COMMIT")
-            commits.append(now_ns())
-            nxt += args.interval
-            delay = nxt - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-        time.sleep(args.settle)
-        cpu = (rep.cpu_s() - cpu0) / (time.time() - t0)
-        events = [e for e in w.stop() if e[0] >= commits[0] - 10**9]
+def commit_series(rep, conn, args):
+    """Warm-up, then args.commits timed commits args.interval apart and the
+    settle time: (COMMIT-returned times, the replicator's CPU share)."""
+    for _ in range(20):  # warm-up, not measured
+        conn.execute("INSERT INTO t(seq, ts, v) VALUES (-2, 0, randomblob(40))")
+        time.sleep(args.interval)
+    time.sleep(2)  # Litestream: let the warm-up sync out
+    cpu0, t0 = rep.cpu_s(), time.time()
+    commits = []
+    nxt = time.perf_counter()
+    for seq in range(1, args.commits + 1):
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO t(seq, ts, v) VALUES (?, ?, randomblob(40))", (seq, time.time_ns()))
+        conn.execute("COMMIT")
+        commits.append(now_ns())
+        nxt += args.interval
+        delay = nxt - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    time.sleep(args.settle)
+    return commits, (rep.cpu_s() - cpu0) / (time.time() - t0)
+
+
+def match_lags(commits, times, cpu):
+    """Each commit's lag: to the first replica event at or after it."""
     lags, unmatched, k = [], 0, 0
-    times = sorted(t for t, _ in events)
+    times = sorted(t for t in times if t >= commits[0] - 10**9)
     for c in commits:
         while k < len(times) and times[k] < c:
             k += 1
@@ -291,8 +307,60 @@ def run_lag(tool, args, work):
         else:
             lags.append((times[k] - c) / 1e6)
     files = sum(1 for t in times if t >= commits[0])
-    rm(os.path.dirname(db))
     return {"lags_ms": lags, "unmatched": unmatched, "files": files, "cpu_share": cpu}
+
+
+def run_lag(tool, args, work):
+    with replicated(tool, args, work) as (db, rep, conn):
+        w = Watcher(rep.watch_dir(), work)
+        commits, cpu = commit_series(rep, conn, args)
+        times = [t for t, _ in w.stop()]
+    rm(os.path.dirname(db))
+    return match_lags(commits, times, cpu)
+
+
+def s3_put_times(rep):
+    """When the counting proxy relayed a successful PUT of one of REP's
+    per-transaction objects (walstream: segments/, Litestream: its level 0,
+    0000/ in a bucket)."""
+    prefix = "/" + rep.replicas[0][len("s3://"):] + "/"
+    marker = "segments/" if rep.tool == "walstream" else "0000/"
+    out = []
+    try:
+        with open(os.environ["COMPARE_S3_EVENTS"]) as f:
+            for line in f:
+                t, t0, status, path = line.rstrip("\n").split(" ", 3)
+                if status == "200" and path.startswith(prefix + marker):
+                    out.append((int(t), int(t0)))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def run_lag_s3(tool, args, work):
+    """Lag to an S3 replica: COMMIT returned → the tool's PUT of an object
+    holding it answered (seen by the counting proxy)."""
+    db = new_db(work)
+    endpoint = f"http://127.0.0.1:{os.environ['COMPARE_S3_PROXY_PORT']}"
+    rep = Replicator(tool, args, [db], work, s3=(endpoint, os.environ["WALSTREAM_TEST_S3_BUCKET"]))
+    conn = connect(db, args)
+    try:
+        deadline = time.time() + 60
+        while not s3_put_times(rep):
+            if rep.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{tool}: no per-transaction object stored in S3; see its log")
+            conn.execute("INSERT INTO t(seq, ts, v) VALUES (-1, 0, randomblob(40))")
+            time.sleep(0.05)
+        time.sleep(1.5)
+        commits, cpu = commit_series(rep, conn, args)
+    finally:
+        conn.close()
+        rep.stop()
+    rm(os.path.dirname(db))
+    puts = s3_put_times(rep)
+    res = match_lags(commits, [t for t, _ in puts], cpu)
+    res["put_ms"] = [(t - t0) / 1e6 for t, t0 in puts if t >= commits[0]]
+    return res
 
 
 def run_throughput(tool, args, work):
@@ -575,6 +643,10 @@ def main_all(args):
             res["lag"] = alternate(args, TOOLS, "lag", lambda t: run_lag(t, args, work), lambda x: (
                 f"p50 {q(x['lags_ms'], .5):.2f} ms, p95 {q(x['lags_ms'], .95):.2f} ms, "
                 f"{x['files']} files, unmatched {x['unmatched']}"))
+        if "lag_s3" in args.only:
+            res["lag_s3"] = alternate(args, TOOLS, "lag to S3", lambda t: run_lag_s3(t, args, work), lambda x: (
+                f"p50 {q(x['lags_ms'], .5):.2f} ms, p95 {q(x['lags_ms'], .95):.2f} ms, "
+                f"{x['files']} PUTs (p50 {q(x['put_ms'] or [0], .5):.1f} ms each), unmatched {x['unmatched']}"))
         if "throughput" in args.only:
             res["throughput"] = alternate(args, ("none",) + TOOLS, "throughput",
                                           lambda t: run_throughput(t, args, work),
@@ -620,10 +692,13 @@ def report(res, args, out):
     p = lambda *a: print(*a, file=out)
     p(f"started {res['started']}, load average {res['load_before']} → {res['load_after']}, "
       f"IO pressure {res['io_pressure_before']} → {res['io_pressure_after']}\n")
-    if "lag" in res:
-        L = res["lag"]
-        p(f"### Lag: COMMIT returned → file in the replica ({args.commits} commits, one per {args.interval * 1000:g} ms, synchronous={args.synchronous})\n")
-        p("| tool | p50 ms (runs) | median p50 | median p95 | median p99 | files/run | CPU share | load per run |")
+    for key, what, objects in (("lag", "file in the replica", "files"),
+                               ("lag_s3", "PUT of an object holding it answered, S3 (SeaweedFS)", "PUTs")):
+        if key not in res:
+            continue
+        L = res[key]
+        p(f"### Lag: COMMIT returned → {what} ({args.commits} commits, one per {args.interval * 1000:g} ms, synchronous={args.synchronous})\n")
+        p(f"| tool | p50 ms (runs) | median p50 | median p95 | median p99 | {objects}/run | CPU share | load per run |")
         p("|---|---|---:|---:|---:|---:|---:|---|")
         meds = {}
         for t in TOOLS:
@@ -636,6 +711,9 @@ def report(res, args, out):
               f"{statistics.median(r['cpu_share'] for r in L[t]) * 100:.1f} % | {'; '.join(r['load'] for r in L[t])} |")
         p(f"\nwalstream / Litestream: p50 {ratio(meds['walstream'][0], meds['litestream'][0])}, p95 {ratio(meds['walstream'][1], meds['litestream'][1])}; "
           f"unmatched commits: {sum(r['unmatched'] for t in TOOLS for r in L[t])}\n")
+        if key == "lag_s3":
+            p("PUT of a per-transaction object, request to answer, median of each run's p50: "
+              + ", ".join(f"{t} {statistics.median(q(r['put_ms'] or [0], .5) for r in L[t]):.1f} ms" for t in TOOLS) + "\n")
     if "throughput" in res:
         T = res["throughput"]
         p(f"### Application write throughput ({args.seconds:g} s of one-row commits back to back, synchronous={args.synchronous})\n")
@@ -804,6 +882,9 @@ def main():
     ap.add_argument("--walstream-upload-interval", default="",
                     help="walstream's upload_interval for local replicas (default: its own, 0s), e.g. 1s "
                          "for Litestream's recovery point")
+    ap.add_argument("--walstream-s3-upload-interval", default="",
+                    help="walstream's upload_interval for the S3 lag workload (default: its own for S3, 1s), "
+                         "e.g. 0s to ship every commit at once")
     ap.add_argument("--dir", default=None, help="parent of the work directory (default: system temp)")
     ap.add_argument("--out", default=".tools/compare", help="where results.json goes")
     ap.add_argument("--from-json", default="", help="only print tables and draw charts from this results.json")

@@ -48,24 +48,24 @@ cleanup() {
     [[ -n "$proxy" ]] && kill "$proxy" 2>/dev/null
     if [[ -n "$s3env" ]]; then
         SEAWEEDFS_ENV_FILE="$s3env" scripts/seaweedfs.sh stop >&2 || true
-        rm -f "$s3env" "$s3env.counts"
+        rm -f "$s3env" "$s3env.counts" "$s3env.events"
     fi
     true
 }
 trap cleanup EXIT INT TERM
 
-# The S3 workload (--only ...,s3,...; not in the default set): SeaweedFS on
+# The S3 workloads (--only ...,s3,... or lag_s3; not in the default set): SeaweedFS on
 # loopback (scripts/seaweedfs.sh) behind scripts/bench/s3count.py.
-if [[ " $* " =~ [\ ,]s3[\ ,] ]]; then
+if [[ " $* " =~ [\ ,](s3|lag_s3)[\ ,] ]]; then
     s3env="$(mktemp -t compare-seaweedfs.XXXXXX)"
     SEAWEEDFS_ENV_FILE="$s3env" scripts/seaweedfs.sh start >&2
     # shellcheck disable=SC1090
     . "$s3env"
     port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-    python3 scripts/bench/s3count.py "$port" "${WALSTREAM_TEST_S3_ENDPOINT#http://}" "$s3env.counts" >/dev/null &
+    python3 scripts/bench/s3count.py "$port" "${WALSTREAM_TEST_S3_ENDPOINT#http://}" "$s3env.counts" "$s3env.events" >/dev/null &
     proxy=$!
     sleep 1
-    export COMPARE_S3_PROXY_PORT="$port" COMPARE_S3_COUNTS="$s3env.counts" \
+    export COMPARE_S3_PROXY_PORT="$port" COMPARE_S3_COUNTS="$s3env.counts" COMPARE_S3_EVENTS="$s3env.events" \
         LITESTREAM_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" LITESTREAM_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY"
     log "SeaweedFS at $WALSTREAM_TEST_S3_ENDPOINT, counting proxy on 127.0.0.1:$port"
 fi

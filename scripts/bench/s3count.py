@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A counting HTTP proxy in front of an S3 server, for request counts.
 
-    s3count.py LISTEN_PORT UPSTREAM_HOST:PORT COUNTS_FILE
+    s3count.py LISTEN_PORT UPSTREAM_HOST:PORT COUNTS_FILE [EVENTS_FILE]
 
 Each client connection may carry several requests (keep-alive). Every request is
 read in full (headers, then a Content-Length or chunked body), classified (PUT,
@@ -9,7 +9,11 @@ GET, LIST = a GET with list-type/prefix/delimiter on a bucket, HEAD, DELETE,
 POST: multi-object delete or multipart), forwarded to the upstream with
 "Connection: close", and the upstream's whole response is relayed back; then the
 client connection is closed. Clients reconnect, so every request is counted
-exactly once. COUNTS_FILE is rewritten as JSON after each request.
+exactly once. COUNTS_FILE is rewritten as JSON after each request. With
+EVENTS_FILE, each PUT whose whole response was relayed appends a line
+`<end> <start> <status> <path>`: CLOCK_MONOTONIC nanoseconds when the answer
+was relayed (the uploader learns the object is stored) and when the request's
+headers had arrived (compare.py's S3 lag workload reads it).
 """
 
 import json
@@ -17,6 +21,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from urllib.parse import urlsplit, parse_qs
 
 counts = {}
@@ -77,6 +82,7 @@ def handle(client, upstream):
         head, rest = read_until(client, b"", b"\r\n\r\n")
         if head is None:
             return
+        t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         lines = head.decode("latin-1").split("\r\n")
         method, target, _version = lines[0].split(" ", 2)
         headers = {}
@@ -102,12 +108,19 @@ def handle(client, upstream):
         host, port = upstream.rsplit(":", 1)
         up = socket.create_connection((host, int(port)))
         up.sendall("\r\n".join(out).encode("latin-1") + body)
+        status = None
         while True:
             chunk = up.recv(65536)
             if not chunk:
                 break
+            if status is None:
+                status = chunk.split(b" ", 2)[1].decode("latin-1")
             client.sendall(chunk)
         up.close()
+        if method == "PUT" and len(sys.argv) > 4:
+            t = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            with lock, open(sys.argv[4], "a") as f:
+                f.write(f"{t} {t0} {status} {urlsplit(target).path}\n")
     except (OSError, ValueError):
         pass
     finally:

@@ -33,6 +33,9 @@ pub use engine::EngineStatus;
 pub use lock::{state_dir, work_dir, ReplicationLock};
 pub use source::{check_sqlite_version, enable_wal, wal_path, DbFiles};
 
+/// The default [`CaptureOptions::pace_limit`] of a local directory replica.
+pub const DEFAULT_PACE_LIMIT: Duration = Duration::from_millis(50);
+
 /// Settings of one replication.
 #[derive(Debug, Clone)]
 pub struct CaptureOptions {
@@ -56,6 +59,14 @@ pub struct CaptureOptions {
     /// txid and observed time). `None`: the store's default (0 for a local
     /// directory, 1 s for S3). Checkpoints and shutdown ship at once.
     pub upload_interval: Option<Duration>,
+    /// Group commit under load: the longest pause after storing segments
+    /// before the next store (the pause grows with the commits the last store
+    /// carried, see docs/architecture.md). `None`: the store's default,
+    /// [`DEFAULT_PACE_LIMIT`] for a local directory, where it spares the
+    /// application's disk most of a segment's fsyncs, and none for S3, where
+    /// the commits arriving during one PUT already share the next and
+    /// `upload_interval` is the setting that trades lag for requests.
+    pub pace_limit: Option<Duration>,
     /// Most page records in one segment, and never more than 2 MiB of pages (a
     /// single larger transaction still makes one segment, spooled to a file).
     pub segment_pages: usize,
@@ -89,6 +100,7 @@ impl Default for CaptureOptions {
             retention: RetentionPolicy::default(),
             segment_pages: 4096,
             upload_interval: None,
+            pace_limit: None,
             compact_segments: 512,
             lease: LeaseTimes::default(),
             encryption: None,

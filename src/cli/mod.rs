@@ -676,8 +676,7 @@ fn monitor_with(
 fn with_store_defaults(opts: &CaptureOptions, r: &ReplicaConfig) -> CaptureOptions {
     let mut o = opts.clone();
     o.upload_interval = r.upload_interval.or(o.upload_interval);
-    o.upload_interval
-        .get_or_insert_with(|| r.url.default_upload_interval());
+    r.url.apply_defaults(&mut o);
     o
 }
 

@@ -168,9 +168,6 @@ struct Engine {
     sent: SentRecord,
 }
 
-/// Longest pause after storing segments before the next ones under load.
-const MAX_PACE: Duration = Duration::from_millis(50);
-
 /// Under load the pause after storing grows with the commits the last store
 /// carried, up to this many times its duration: storing then takes a small
 /// share of the disk an application committing with `synchronous=FULL`
@@ -606,13 +603,13 @@ impl Engine {
 
     /// Group commit under load: after storing segments the engine waits as
     /// long as that took, times the commits it carried (at most
-    /// [`MAX_PACE_FACTOR`] times, and at most [`MAX_PACE`]) before it stores
+    /// [`MAX_PACE_FACTOR`] times, and at most `pace_limit`) before it stores
     /// more, so that commits arriving meanwhile share the next segment and its
     /// fsyncs. A commit after a quiet spell longer than that ships at once.
     fn paced_until(&self) -> Option<Instant> {
         self.last_ship.map(|(end, took, commits)| {
             let factor = commits.clamp(1, MAX_PACE_FACTOR) as u32;
-            end + (took * factor).min(MAX_PACE)
+            end + (took * factor).min(self.pace_limit())
         })
     }
 
@@ -715,6 +712,10 @@ impl Engine {
         self.last_ship = Some((Instant::now(), started.elapsed(), commits.len()));
         self.unshipped_since = None;
         Ok(())
+    }
+
+    fn pace_limit(&self) -> Duration {
+        self.opts.pace_limit.unwrap_or(super::DEFAULT_PACE_LIMIT)
     }
 
     fn upload_interval(&self) -> Duration {
