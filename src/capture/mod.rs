@@ -61,11 +61,12 @@ pub struct CaptureOptions {
     pub upload_interval: Option<Duration>,
     /// Group commit under load: the longest pause after storing segments
     /// before the next store (the pause grows with the commits the last store
-    /// carried, see docs/architecture.md). `None`: the store's default,
-    /// [`DEFAULT_PACE_LIMIT`] for a local directory, where it spares the
-    /// application's disk most of a segment's fsyncs, and none for S3, where
-    /// the commits arriving during one PUT already share the next and
-    /// `upload_interval` is the setting that trades lag for requests.
+    /// carried, see docs/architecture.md). `None` for a replica given by URL:
+    /// the store's default, [`DEFAULT_PACE_LIMIT`] for a local directory,
+    /// where it spares the application's disk most of a segment's fsyncs, and
+    /// none for S3, where the commits arriving during one PUT already share
+    /// the next and `upload_interval` is the setting that trades lag for
+    /// requests. `None` for a store given as an object: [`DEFAULT_PACE_LIMIT`].
     pub pace_limit: Option<Duration>,
     /// Most page records in one segment, and never more than 2 MiB of pages (a
     /// single larger transaction still makes one segment, spooled to a file).
