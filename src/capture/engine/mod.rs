@@ -4,6 +4,7 @@
 mod checkpoint;
 mod encrypt;
 mod lease;
+mod scan;
 mod segment;
 mod snapshot;
 mod start;
@@ -166,6 +167,8 @@ struct Engine {
     uploads_may_land: Option<u64>,
     /// The highest txid its segment uploads carried, for the next process.
     sent: SentRecord,
+    /// Commits found past the shipped position by earlier looks.
+    scanned: Option<scan::Scanned>,
 }
 
 /// Under load the pause after storing grows with the commits the last store
@@ -383,6 +386,7 @@ impl Engine {
             last_cycle: None,
             uploads_may_land: None,
             sent: SentRecord::open(&slot.work_dir),
+            scanned: None,
             slot,
         }
     }
@@ -692,7 +696,8 @@ impl Engine {
         if h.page_size != lin.page_size {
             return self.new_lineage("the page size changed");
         }
-        let commits = wal.scan_commits(&h, start, seed)?;
+        let scanned = scan::scan_from(self.scanned.take(), &wal, path, &h, start, seed)?;
+        let commits = scanned.commits();
         if commits.is_empty() {
             self.unshipped_since = None;
             return Ok(());
@@ -705,10 +710,12 @@ impl Engine {
             .map(|c| lin.observed_time(c.end_frame))
             .collect();
         if !force && waiting.elapsed() < self.upload_interval() {
+            self.scanned = Some(scanned);
             return Ok(());
         }
         let started = Instant::now();
-        self.ship(&wal, &h, &commits, &times)?;
+        let commits = scanned.commits();
+        self.ship(&wal, &h, commits, &times)?;
         self.last_ship = Some((Instant::now(), started.elapsed(), commits.len()));
         self.unshipped_since = None;
         Ok(())
