@@ -28,6 +28,14 @@ fn six_shipped(env: &Env) -> (App, Replicator, Vec<Digest>) {
     (app, rep, states)
 }
 
+/// Five more commits after [`six_shipped`], shipped as txids 7..=11.
+fn eleven_shipped(env: &Env) -> (App, Replicator, Vec<Digest>) {
+    let (mut app, mut rep, mut states) = six_shipped(env);
+    commit(&mut app, &mut states, 5);
+    rep.wait_shipped(11);
+    (app, rep, states)
+}
+
 /// SIGKILL: the lease is not released, and nothing is flushed.
 fn kill(mut rep: Replicator) {
     rep.signal(libc::SIGKILL);
@@ -120,9 +128,7 @@ fn assert_next_run_resumes(env: &Env, app: &mut App, states: &mut Vec<Digest>) {
 fn a_late_segment_of_the_old_lineage_yields_to_the_new_one() {
     let env = Env::new();
     let replica = env.replica_arg();
-    let (mut app, mut rep, mut states) = six_shipped(&env);
-    commit(&mut app, &mut states, 5);
-    rep.wait_shipped(11);
+    let (mut app, mut rep, mut states) = eleven_shipped(&env);
     rep.stop();
     // Txids 7..=11 were uploaded but have not landed when the next process
     // lists the replica. Meanwhile the application checkpointed the WAL away
@@ -244,9 +250,7 @@ fn restore_in_place(env: &Env, app: App, txid: u64) -> App {
 fn a_killed_process_late_segment_never_joins_a_lineage_resumed_from_the_database_file() {
     let env = Env::new();
     let replica = env.replica_arg();
-    let (mut app, mut rep, mut states) = six_shipped(&env);
-    commit(&mut app, &mut states, 5);
-    rep.wait_shipped(11);
+    let (app, rep, states) = eleven_shipped(&env);
     // Killed while the uploads of txids 7..=11 were still on their way: they
     // have not landed when the next process lists the replica, and the lease
     // was never released.

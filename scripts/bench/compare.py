@@ -340,10 +340,7 @@ def s3_put_times(rep):
 def run_lag_s3(tool, args, work):
     """Lag to an S3 replica: COMMIT returned → the tool's PUT of an object
     holding it answered (seen by the counting proxy)."""
-    db = new_db(work)
-    endpoint = f"http://127.0.0.1:{os.environ['COMPARE_S3_PROXY_PORT']}"
-    rep = Replicator(tool, args, [db], work, s3=(endpoint, os.environ["WALSTREAM_TEST_S3_BUCKET"]))
-    conn = connect(db, args)
+    db, rep, conn = s3_replicated(tool, args, work)
     try:
         deadline = time.time() + 60
         while not s3_put_times(rep):
@@ -463,6 +460,15 @@ def run_storage(tool, args, work):
     return {"commits": n, "files": files, "bytes": size, "peak_rss_mb": hwm}
 
 
+def s3_replicated(tool, args, work):
+    """A fresh database, TOOL replicating it to SeaweedFS through the counting
+    proxy, and an application connection."""
+    db = new_db(work)
+    endpoint = f"http://127.0.0.1:{os.environ['COMPARE_S3_PROXY_PORT']}"
+    rep = Replicator(tool, args, [db], work, s3=(endpoint, os.environ["WALSTREAM_TEST_S3_BUCKET"]))
+    return db, rep, connect(db, args)
+
+
 def run_s3(tool, args, work):
     """Constant writes to an S3 replica behind the counting proxy."""
     counts_file = os.environ["COMPARE_S3_COUNTS"]
@@ -472,10 +478,7 @@ def run_s3(tool, args, work):
                 return json.load(f)
         except (OSError, ValueError):
             return {}
-    db = new_db(work)
-    endpoint = f"http://127.0.0.1:{os.environ['COMPARE_S3_PROXY_PORT']}"
-    rep = Replicator(tool, args, [db], work, s3=(endpoint, os.environ["WALSTREAM_TEST_S3_BUCKET"]))
-    conn = connect(db, args)
+    db, rep, conn = s3_replicated(tool, args, work)
     try:
         conn.execute("INSERT INTO t(seq, ts, v) VALUES (-1, 0, randomblob(40))")
         time.sleep(10)  # start-up: first snapshot, lease, initial listing

@@ -714,7 +714,6 @@ impl Engine {
             return Ok(());
         }
         let started = Instant::now();
-        let commits = scanned.commits();
         self.ship(&wal, &h, commits, &times)?;
         self.last_ship = Some((Instant::now(), started.elapsed(), commits.len()));
         self.unshipped_since = None;

@@ -8,12 +8,18 @@ use crate::error::CaptureError;
 use crate::wal::{WalCommit, WalFile, WalHeader};
 
 /// Where a scan started: the file, its WAL generation and the position.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 struct ScanStart {
     path: PathBuf,
     salts: (u32, u32),
     frame: u32,
     seed: (u32, u32),
+}
+
+impl ScanStart {
+    fn matches(&self, path: &Path, salts: (u32, u32), frame: u32, seed: (u32, u32)) -> bool {
+        (self.salts, self.frame, self.seed) == (salts, frame, seed) && self.path == path
+    }
 }
 
 /// Commits found by earlier looks, from one start.
@@ -35,15 +41,18 @@ pub(super) fn scan_from(
     start: u32,
     seed: (u32, u32),
 ) -> Result<Scanned, CaptureError> {
-    let here = ScanStart {
-        path: path.to_path_buf(),
-        salts: (h.salt1, h.salt2),
-        frame: start,
-        seed,
-    };
-    let mut commits = match kept {
-        Some(k) if k.start == here => k.commits,
-        _ => Vec::new(),
+    let salts = (h.salt1, h.salt2);
+    let (here, mut commits) = match kept {
+        Some(k) if k.start.matches(path, salts, start, seed) => (k.start, k.commits),
+        _ => {
+            let here = ScanStart {
+                path: path.to_path_buf(),
+                salts,
+                frame: start,
+                seed,
+            };
+            (here, Vec::new())
+        }
     };
     let (from, sum) = match commits.last() {
         Some(c) if wal.stored_checksum(h, c.end_frame - 1)? == Some(c.end_checksum) => {
