@@ -32,17 +32,21 @@ fn batched_segments_keep_every_commit_and_its_time() {
         .expect("spawning walstream");
     wait_shipped(&env.db, &replica, 1);
 
-    // 40 commits about 10 ms apart: well inside one upload interval each batch.
+    // 40 commits about 20 ms apart: well inside one upload interval each batch.
+    // Batching looks at the WAL at most every 50 ms (a twentieth of the
+    // interval), and a commit is dated by the look that finds it: the time
+    // sampled between two commits sits 150 ms after the first.
     let mut states = vec![app.digest()];
     let mut between = Vec::new();
     for i in 0..40 {
         app.commit_insert_one();
         states.push(app.digest());
-        std::thread::sleep(Duration::from_millis(10));
+        let gap = if i == 20 { 150 } else { 10 };
+        std::thread::sleep(Duration::from_millis(gap));
         if i == 20 {
             between.push((states.len() - 1, SystemTime::now()));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(gap));
     }
     wait_shipped(&env.db, &replica, 41);
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

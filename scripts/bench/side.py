@@ -8,6 +8,13 @@ usually with no replicator (`probe.py none NORMAL`), so that the application's
 throughput shows what this one piece costs it. Runs until killed. MODE:
 
   pin           holds a read transaction on DB, renewed every 100 ms
+  cycle         the pin and checkpoint cycle alone, as walstream runs it (no
+                WAL read, nothing written): the pin held always and moved to
+                the WAL's end with a second connection, a PASSIVE checkpoint
+                behind it every SIDE_STEP_MS (default 10), and every
+                SIDE_CYCLE_MS (default 100) the writers held (BEGIN IMMEDIATE)
+                while the pin is dropped, the rest checkpointed and the pin
+                taken again, so the application's next write restarts the WAL
   readwal       reads DB-wal right behind the writer (1 MiB preads; from the
                 start again when nothing new arrives, after a WAL restart)
   inotify       watches DB's directory for writes and reads every event at once
@@ -28,6 +35,39 @@ def pin(db):
         c.execute("SELECT count(*) FROM sqlite_master").fetchall()
         time.sleep(0.1)
         c.execute("COMMIT")
+
+
+def cycle(db):
+    step = float(os.environ.get("SIDE_STEP_MS", "10")) / 1000
+    whole = float(os.environ.get("SIDE_CYCLE_MS", "100")) / 1000
+    pin_c, lock_c = (sqlite3.connect(db, isolation_level=None) for _ in range(2))
+    for c in (pin_c, lock_c):
+        c.execute("PRAGMA wal_autocheckpoint=0")
+    def begin_read(c):
+        c.execute("BEGIN")
+        c.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    begin_read(pin_c)
+    last_whole = time.monotonic()
+    while True:
+        time.sleep(step if step > 0 else whole)
+        begin_read(lock_c)  # roll: the new pin before the old one ends
+        pin_c.execute("COMMIT")
+        pin_c, lock_c = lock_c, pin_c
+        lock_c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        if time.monotonic() - last_whole < whole:
+            continue
+        last_whole = time.monotonic()
+        lock_c.execute("PRAGMA busy_timeout=0")
+        while True:
+            try:
+                lock_c.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError:
+                time.sleep(0.00005)
+        pin_c.execute("COMMIT")
+        pin_c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        begin_read(pin_c)
+        lock_c.execute("ROLLBACK")
 
 
 def readwal(db):
@@ -78,6 +118,7 @@ def memburn(_db):
 
 MODES = {
     "pin": pin,
+    "cycle": cycle,
     "readwal": readwal,
     "inotify": lambda db: watch(db, 0, False),
     "inotify_hold": lambda db: watch(db, 0.001, False),

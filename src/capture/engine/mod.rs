@@ -138,8 +138,13 @@ struct Engine {
     time_floor_ms: i64,
     /// When the last commits were stored, and how long storing them took.
     last_ship: Option<(Instant, Duration, usize)>,
-    /// A look at the WAL was put off by pacing (see [`Engine::paced_until`]).
+    /// A look at the WAL was put off (see [`Engine::held_back_until`]).
     deferred: bool,
+    /// When the WAL was last looked at for new commits.
+    last_look: Option<Instant>,
+    /// The earliest moment a commit the current look finds can have been
+    /// made (see [`unseen_since`]).
+    look_floor: Option<Instant>,
     /// File events wake the engine through this (none in `once`).
     gate: Option<Arc<super::wake::WakeGate>>,
     slot: Slot,
@@ -177,6 +182,13 @@ struct Engine {
 /// fsyncs on (docs/benchmarks.md), while a lone commit still ships at once.
 const MAX_PACE_FACTOR: usize = 30;
 
+/// With `upload_interval` above zero, the longest pause between two looks at
+/// the WAL while shipping is not due: a twentieth of the interval, at most
+/// this. Each commit is timed at the look that finds it, so its recorded time
+/// is at most this late; without the pause every commit was a wake-up, a WAL
+/// open and a scan (docs/benchmarks.md, CPU at a low commit rate).
+const MAX_OBSERVE_INTERVAL: Duration = Duration::from_millis(50);
+
 /// How long a checkpoint cycle waits for the store while it holds the
 /// application's writers (to ship the last moment's commits). A slower store
 /// postpones the checkpoint instead: the application's own busy timeout (often
@@ -186,6 +198,37 @@ const LOCKED_STORE_BUDGET: Duration = Duration::from_millis(750);
 /// Most WAL restarts (salt-1 increments) accepted between two looks at the
 /// WAL; more means another process replaced it.
 const MAX_UNSEEN_RESTARTS: u32 = 64;
+
+/// The earliest next look at the WAL after one at `last` with this upload
+/// interval, `unshipped_since` the oldest commit waiting; `None` with no
+/// interval (every write is looked at when it happens).
+fn next_look(
+    last: Instant,
+    upload_interval: Duration,
+    unshipped_since: Option<Instant>,
+) -> Option<Instant> {
+    if upload_interval.is_zero() {
+        return None;
+    }
+    let next = last + (upload_interval / 20).min(MAX_OBSERVE_INTERVAL);
+    Some(match unshipped_since {
+        Some(since) => next.min(since + upload_interval),
+        None => next,
+    })
+}
+
+/// The earliest moment a commit first found by a look at `now` can have been
+/// made, the previous look having been at `prev`: a commit the previous look
+/// did not find came after it. A look put off by the pause between looks
+/// finds commits up to that pause old, so the upload interval is counted from
+/// then and batching does not add the pause to the lag.
+fn unseen_since(prev: Option<Instant>, now: Instant, upload_interval: Duration) -> Instant {
+    let pause = (upload_interval / 20).min(MAX_OBSERVE_INTERVAL);
+    match (prev, now.checked_sub(pause)) {
+        (Some(p), Some(floor)) => p.clamp(floor, now),
+        _ => now,
+    }
+}
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -377,6 +420,8 @@ impl Engine {
             time_floor_ms: 0,
             last_ship: None,
             deferred: false,
+            last_look: None,
+            look_floor: None,
             gate: None,
             durable_read: 0,
             pending_lineage: None,
@@ -531,7 +576,7 @@ impl Engine {
 
     /// Time until the engine should look again without an event.
     fn next_wait(&self, poll: Duration) -> Duration {
-        if let Some(until) = self.paced_until().filter(|_| self.deferred) {
+        if let Some(until) = self.held_back_until().filter(|_| self.deferred) {
             let left = until.saturating_duration_since(Instant::now());
             return poll.min(left.max(Duration::from_millis(1)));
         }
@@ -617,16 +662,40 @@ impl Engine {
         })
     }
 
+    /// Until when file events are left untaken: the group-commit pause
+    /// ([`Engine::paced_until`]) and, while commits wait for
+    /// `upload_interval`, the pause between looks ([`Engine::observe_until`]).
+    fn held_back_until(&self) -> Option<Instant> {
+        match (self.paced_until(), self.observe_until()) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next look at the WAL with `upload_interval` above zero: at most
+    /// [`MAX_OBSERVE_INTERVAL`] after the last one, and never after shipping
+    /// is due.
+    fn observe_until(&self) -> Option<Instant> {
+        next_look(
+            self.last_look?,
+            self.upload_interval(),
+            self.unshipped_since,
+        )
+    }
+
     /// One WAL read (numbered, see `Progress::durable_read`), shipping what
     /// it found unless batching or pacing holds it back.
     fn sync_inner(&mut self, force: bool) -> Result<(), CaptureError> {
-        if !force && self.paced_until().is_some_and(|t| Instant::now() < t) {
+        if !force && self.held_back_until().is_some_and(|t| Instant::now() < t) {
             // The wake-up stays untaken: the watcher waits instead of waking
             // the engine for every write until then.
             self.deferred = true;
             return Ok(());
         }
         self.deferred = false;
+        let now = Instant::now();
+        let prev = self.last_look.replace(now);
+        self.look_floor = Some(unseen_since(prev, now, self.upload_interval()));
         // Before the WAL is read: any write after this sends a new wake-up.
         if let Some(g) = &self.gate {
             g.taken();
@@ -703,16 +772,25 @@ impl Engine {
             return Ok(());
         }
         self.last_commit_seen = Instant::now();
-        let waiting = *self.unshipped_since.get_or_insert_with(Instant::now);
+        let floor = self.look_floor.unwrap_or_else(Instant::now);
+        let waiting = *self.unshipped_since.get_or_insert(floor);
+        let lin = self.lin()?;
+        // Commits an earlier look found were timed then.
+        let timed = lin.observed.last().map_or(0, |&(end, _)| {
+            commits.partition_point(|c| c.end_frame <= end)
+        });
+        for c in &commits[timed..] {
+            lin.observed_time(c.end_frame);
+        }
+        if !force && waiting.elapsed() < self.upload_interval() {
+            self.scanned = Some(scanned);
+            return Ok(());
+        }
         let lin = self.lin()?;
         let times: Vec<i64> = commits
             .iter()
             .map(|c| lin.observed_time(c.end_frame))
             .collect();
-        if !force && waiting.elapsed() < self.upload_interval() {
-            self.scanned = Some(scanned);
-            return Ok(());
-        }
         let started = Instant::now();
         self.ship(&wal, &h, commits, &times)?;
         self.last_ship = Some((Instant::now(), started.elapsed(), commits.len()));
@@ -882,22 +960,45 @@ impl Engine {
         s
     }
 
-    /// Unshipped commits and their WAL bytes.
+    /// Commits (and their WAL bytes) not shipped yet, read from the files
+    /// rather than from the engine's last look, which pacing may have put
+    /// off: what the WAL holds past the shipped position, or all of a WAL
+    /// started since then plus the frames set aside before it started.
     fn pending_commits(&self) -> Result<(u64, u64), CaptureError> {
         let (Some(src), Some(lin)) = (&self.src, &self.lin) else {
             return Ok((0, 0));
         };
         let wal = WalFile::open(&src.wal_path)?;
-        Ok(match (lin.pos, wal.header()?) {
+        let header = wal.header()?;
+        let p = match (lin.pos, &header) {
             (Pos::Known(p), Some(h)) if h.salt1 == p.salt1 && h.salt2 == p.salt2 => {
-                let commits = wal.scan_commits(&h, p.frame, p.checksum)?;
-                let frames: usize = commits.iter().map(|c| c.frames.len()).sum();
-                let bytes = frames as u64 * (24 + u64::from(h.page_size));
-                (commits.len() as u64, bytes)
+                let commits = wal.scan_commits(h, p.frame, p.checksum)?;
+                return Ok(count_commits(&commits, h.page_size));
             }
-            _ => (0, 0),
-        })
+            (Pos::Known(p), _) => Some(p),
+            (Pos::Fresh, _) => None,
+        };
+        let mut n = (0, 0);
+        if let Some(h) = header {
+            n = count_commits(&wal.scan_commits(&h, 0, h.checksum)?, h.page_size);
+        }
+        if let (Some(p), Some(t)) = (p, &self.tail) {
+            let aside = WalFile::open(&t.path)?;
+            if let Some(h) = aside.header()? {
+                let commits = aside.scan_commits(&h, p.frame, p.checksum)?;
+                let (c, b) = count_commits(&commits, h.page_size);
+                n = (n.0 + c, n.1 + b);
+            }
+        }
+        Ok(n)
     }
+}
+
+/// How many commits, and how many WAL bytes their frames take.
+fn count_commits(commits: &[WalCommit], page_size: u32) -> (u64, u64) {
+    let frames: usize = commits.iter().map(|c| c.frames.len()).sum();
+    let bytes = frames as u64 * (24 + u64::from(page_size));
+    (commits.len() as u64, bytes)
 }
 
 /// Whether `h` is a header SQLite writes when it starts the WAL over after
@@ -920,5 +1021,52 @@ fn position(h: &WalHeader, frame: u32, checksum: (u32, u32)) -> WalPosition {
         checkpoint_seq: h.checkpoint_seq,
         frame,
         checksum,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looks_are_paused_only_with_an_upload_interval() {
+        let t = Instant::now();
+        assert_eq!(next_look(t, Duration::ZERO, Some(t)), None);
+        let ms = Duration::from_millis;
+        // A twentieth of the interval, at most MAX_OBSERVE_INTERVAL.
+        assert_eq!(next_look(t, ms(100), None), Some(t + ms(5)));
+        assert_eq!(next_look(t, ms(1000), None), Some(t + ms(50)));
+        assert_eq!(
+            next_look(t, ms(60_000), None),
+            Some(t + MAX_OBSERVE_INTERVAL)
+        );
+        // Never past the moment the oldest waiting commit is due to ship.
+        let waiting = t - ms(990);
+        assert_eq!(next_look(t, ms(1000), Some(waiting)), Some(t + ms(10)));
+        assert_eq!(next_look(t, ms(1000), Some(t)), Some(t + ms(50)));
+    }
+
+    #[test]
+    fn batching_counts_from_the_look_before() {
+        let ms = Duration::from_millis;
+        let now = Instant::now() + ms(10_000);
+        // No interval, or no earlier look: the look itself.
+        assert_eq!(unseen_since(Some(now - ms(3)), now, Duration::ZERO), now);
+        assert_eq!(unseen_since(None, now, ms(1000)), now);
+        // A look put off by the pause: from the look before it.
+        assert_eq!(
+            unseen_since(Some(now - ms(30)), now, ms(1000)),
+            now - ms(30)
+        );
+        // After a quiet spell the write woke the engine at once: at most
+        // one pause earlier.
+        assert_eq!(
+            unseen_since(Some(now - ms(9_000)), now, ms(1000)),
+            now - ms(50)
+        );
+        assert_eq!(
+            unseen_since(Some(now - ms(9_000)), now, ms(100)),
+            now - ms(5)
+        );
     }
 }
