@@ -266,10 +266,14 @@ impl WalFile {
         Ok(commits)
     }
 
-    /// Writes the header and frames `from..to` to a new file at `dest`, each at
-    /// its own offset, so the copy reads as the same WAL generation from frame
-    /// `from` on (what comes before is a hole). The copy is not fsynced: it
-    /// only has to outlive a WAL restart within this process.
+    /// Writes the header and frames `from..to` to `dest`, each at its own
+    /// offset, so the copy reads as the same WAL generation from frame `from`
+    /// on. The copy is not fsynced: it only has to outlive a WAL restart
+    /// within this process. An existing `dest` is written over in place, not
+    /// truncated (creating a file per copy cost more than the copy on ext4):
+    /// frames an earlier copy left past `to` belong to an earlier generation,
+    /// with other salts, so they end the copy the way they end a WAL that
+    /// SQLite restarted over its old frames.
     pub fn copy_frames(
         &self,
         header: &WalHeader,
@@ -281,7 +285,12 @@ impl WalFile {
             path: dest.to_path_buf(),
             source,
         };
-        let out = File::create(dest).map_err(write_err)?;
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dest)
+            .map_err(write_err)?;
         let mut buf = vec![0u8; WAL_HEADER_SIZE as usize];
         self.read_exact_at(&mut buf, 0)?;
         out.write_all_at(&buf, 0).map_err(write_err)?;
@@ -471,6 +480,32 @@ mod tests {
         }
         // Frames before the copied range are not there.
         assert_eq!(copy.stored_checksum(&h, 0).unwrap(), None);
+    }
+
+    #[test]
+    fn a_copy_over_a_longer_copy_of_another_generation_ends_where_it_does() {
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let long = WalFile::open(&wal_with_commits(one.path(), 40)).unwrap();
+        let short = WalFile::open(&wal_with_commits(two.path(), 3)).unwrap();
+        let (hl, hs) = (
+            long.header().unwrap().unwrap(),
+            short.header().unwrap().unwrap(),
+        );
+        assert_ne!((hl.salt1, hl.salt2), (hs.salt1, hs.salt2));
+        let want = short.scan_commits(&hs, 0, hs.checksum).unwrap();
+        let end_long = long.scan_commits(&hl, 0, hl.checksum).unwrap();
+        let end_long = end_long.last().unwrap().end_frame;
+        let end = want.last().unwrap().end_frame;
+        assert!(end_long > end + 10);
+        let dest = one.path().join("tail");
+        long.copy_frames(&hl, 0, end_long, &dest).unwrap();
+        short.copy_frames(&hs, 0, end, &dest).unwrap();
+        let copy = WalFile::open(&dest).unwrap();
+        assert_eq!(copy.header().unwrap(), Some(hs));
+        let got = copy.scan_commits(&hs, 0, hs.checksum).unwrap();
+        assert_eq!(got.len(), want.len());
+        assert_eq!(got.last().unwrap().end_frame, end);
+        assert_eq!(copy.stored_checksum(&hs, end).unwrap(), None);
     }
 
     #[test]

@@ -247,7 +247,9 @@ impl Engine {
         let Some(t) = self.tail.take() else {
             return Ok(());
         };
-        let _ = std::fs::remove_file(&t.path);
+        // The file stays, to be written over by the next cycle's copy (see
+        // `WalFile::copy_frames`): creating one inside every hold of the
+        // writers cost more than the copy itself.
         if let Some(lin) = self.lin.as_mut() {
             let reached = matches!(lin.pos, Pos::Known(p)
                 if (p.salt1, p.salt2) == t.salts && p.frame >= t.end_frame);
@@ -258,11 +260,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Forgets frames set aside (their lineage ended).
+    /// Forgets frames set aside (their lineage ended, or the engine stops:
+    /// a copy is no use to another process) and removes the copy's file.
     pub(super) fn drop_tail(&mut self) {
-        if let Some(t) = self.tail.take() {
-            let _ = std::fs::remove_file(&t.path);
-        }
+        self.tail = None;
+        let _ = std::fs::remove_file(self.slot.work_dir.join(TAIL_FILE));
     }
 
     /// Runs `f` after shipping every committed frame, with SQLite's write lock

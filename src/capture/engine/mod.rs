@@ -324,6 +324,7 @@ pub(crate) fn run(
         if shutdown {
             let r = eng.final_sync();
             publish(&eng, u32::from(r.is_err()));
+            eng.drop_tail();
             eng.stop_compactor();
             eng.release_lease();
             return r;
@@ -374,6 +375,7 @@ pub(crate) fn once(
 ) -> Result<Option<String>, CaptureError> {
     let mut eng = Engine::new(db_path, store, opts, rt, slot);
     let r = eng.one_pass(force_snapshot);
+    eng.drop_tail();
     eng.stop_compactor();
     eng.release_lease();
     r
