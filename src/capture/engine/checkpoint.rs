@@ -223,7 +223,7 @@ impl Engine {
         if u64::from(last.end_frame - from) * h.frame_size() > TAIL_MAX_BYTES {
             return Ok(false);
         }
-        let path = self.slot.work_dir.join(TAIL_FILE);
+        let path = self.tail_path();
         if let Err(e) = wal.copy_frames(&h, from, last.end_frame, &path) {
             let _ = std::fs::remove_file(&path);
             return Err(e.into());
@@ -264,7 +264,13 @@ impl Engine {
     /// a copy is no use to another process) and removes the copy's file.
     pub(super) fn drop_tail(&mut self) {
         self.tail = None;
-        let _ = std::fs::remove_file(self.slot.work_dir.join(TAIL_FILE));
+        let _ = std::fs::remove_file(self.tail_path());
+    }
+
+    /// Where frames are set aside: one file per replica, written over by
+    /// each cycle.
+    fn tail_path(&self) -> PathBuf {
+        self.slot.work_dir.join(TAIL_FILE)
     }
 
     /// Runs `f` after shipping every committed frame, with SQLite's write lock

@@ -199,6 +199,12 @@ const LOCKED_STORE_BUDGET: Duration = Duration::from_millis(750);
 /// WAL; more means another process replaced it.
 const MAX_UNSEEN_RESTARTS: u32 = 64;
 
+/// The pause between looks at the WAL with this upload interval: a
+/// twentieth of it, at most [`MAX_OBSERVE_INTERVAL`] (zero with none).
+fn observe_pause(upload_interval: Duration) -> Duration {
+    (upload_interval / 20).min(MAX_OBSERVE_INTERVAL)
+}
+
 /// The earliest next look at the WAL after one at `last` with this upload
 /// interval, `unshipped_since` the oldest commit waiting; `None` with no
 /// interval (every write is looked at when it happens).
@@ -210,7 +216,7 @@ fn next_look(
     if upload_interval.is_zero() {
         return None;
     }
-    let next = last + (upload_interval / 20).min(MAX_OBSERVE_INTERVAL);
+    let next = last + observe_pause(upload_interval);
     Some(match unshipped_since {
         Some(since) => next.min(since + upload_interval),
         None => next,
@@ -223,8 +229,7 @@ fn next_look(
 /// finds commits up to that pause old, so the upload interval is counted from
 /// then and batching does not add the pause to the lag.
 fn unseen_since(prev: Option<Instant>, now: Instant, upload_interval: Duration) -> Instant {
-    let pause = (upload_interval / 20).min(MAX_OBSERVE_INTERVAL);
-    match (prev, now.checked_sub(pause)) {
+    match (prev, now.checked_sub(observe_pause(upload_interval))) {
         (Some(p), Some(floor)) => p.clamp(floor, now),
         _ => now,
     }
