@@ -697,6 +697,83 @@ local_test!(local_delete_semantics, delete_semantics);
 local_test!(local_put_file_round_trip, put_file_round_trip);
 local_test!(local_invalid_keys_rejected, invalid_keys_rejected);
 
+/// Runs `check` on the form of a fresh local store for a thread of its own
+/// ([`ObjectStore::for_own_thread`]), driven the way the capture engine
+/// drives it: from a plain thread, waiting with `Handle::block_on`.
+macro_rules! local_own_thread_test {
+    ($name:ident, $check:ident) => {
+        #[test]
+        fn $name() {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let (dir, store) = local();
+            let own = store
+                .for_own_thread()
+                .expect("a form for a thread of its own");
+            let handle = rt.handle().clone();
+            std::thread::spawn(move || handle.block_on($check(&*own)))
+                .join()
+                .expect("the checks passed");
+            assert_eq!(
+                tmp_files(dir.path()),
+                Vec::<PathBuf>::new(),
+                "leftover temp files"
+            );
+        }
+    };
+}
+
+local_own_thread_test!(
+    local_own_thread_put_create_only_then_get,
+    put_create_only_then_get
+);
+local_own_thread_test!(
+    local_own_thread_second_create_only_fails,
+    second_create_only_fails
+);
+local_own_thread_test!(local_own_thread_overwrite_replaces, overwrite_replaces);
+local_own_thread_test!(
+    local_own_thread_get_missing_is_not_found,
+    get_missing_is_not_found
+);
+local_own_thread_test!(local_own_thread_get_range_cases, get_range_cases);
+local_own_thread_test!(
+    local_own_thread_get_many_answers_each_key_in_order,
+    get_many_answers_each_key_in_order
+);
+local_own_thread_test!(
+    local_own_thread_list_prefixes_and_sorting,
+    list_prefixes_and_sorting
+);
+local_own_thread_test!(local_own_thread_delete_semantics, delete_semantics);
+local_own_thread_test!(local_own_thread_put_file_round_trip, put_file_round_trip);
+local_own_thread_test!(
+    local_own_thread_invalid_keys_rejected,
+    invalid_keys_rejected
+);
+
+/// The form for a thread of its own does its file work while it is polled:
+/// a put is done at its first poll, with no runtime to hand work to.
+#[test]
+fn local_own_thread_works_in_the_polling_thread() {
+    let (dir, store) = local();
+    let own = store
+        .for_own_thread()
+        .expect("a form for a thread of its own");
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut put = own.put("a/b", Bytes::from_static(b"body"), PutMode::CreateOnly);
+    assert!(
+        matches!(put.as_mut().poll(&mut cx), std::task::Poll::Ready(Ok(()))),
+        "not done at the first poll"
+    );
+    drop(put);
+    let stored = std::fs::read(dir.path().join("store/a/b")).expect("the object's file");
+    assert_eq!(stored, b"body");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn local_concurrent_create_only_single_winner() {
     let (dir, store) = local();

@@ -46,6 +46,9 @@ import tempfile
 import time
 
 TOOLS = ("walstream", "litestream")
+# The throughput row of --floor: the pin and checkpoint cycle alone.
+FLOOR = "cycle alone"
+HERE = os.path.dirname(os.path.abspath(__file__))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -258,9 +261,12 @@ def rm(path):
 @contextlib.contextmanager
 def replicated(tool, args, work):
     """A fresh database, TOOL replicating it (none: no replicator) once it has
-    published a first file, and an application connection."""
+    published a first file, and an application connection. FLOOR is no
+    replicator either, but side.py's pin and checkpoint cycle beside the
+    application (what holding the WAL costs by itself, see --floor)."""
     db = new_db(work)
-    rep = Replicator(tool, args, [db], work) if tool != "none" else None
+    rep = Replicator(tool, args, [db], work) if tool not in ("none", FLOOR) else None
+    side = start_floor(db) if tool == FLOOR else None
     conn = connect(db, args)
     try:
         if rep:
@@ -270,6 +276,17 @@ def replicated(tool, args, work):
         conn.close()
         if rep:
             rep.stop()
+        if side:
+            side.terminate()
+            side.wait()
+
+
+def start_floor(db):
+    side = subprocess.Popen([sys.executable, os.path.join(HERE, "side.py"), "cycle", db])
+    time.sleep(1.5)  # as long as wait_ready waits once a replicator is ready
+    if side.poll() is not None:
+        raise RuntimeError("side.py cycle exited at once")
+    return side
 
 
 def commit_series(rep, conn, args):
@@ -625,6 +642,10 @@ def ingest_and_restore(tool, args, work):
     return x
 
 
+def throughput_rows(args):
+    return ("none",) + ((FLOOR,) if args.floor else ()) + TOOLS
+
+
 def med(runs, key):
     return statistics.median(r[key] for r in runs)
 
@@ -651,7 +672,7 @@ def main_all(args):
                 f"p50 {q(x['lags_ms'], .5):.2f} ms, p95 {q(x['lags_ms'], .95):.2f} ms, "
                 f"{x['files']} PUTs (p50 {q(x['put_ms'] or [0], .5):.1f} ms each), unmatched {x['unmatched']}"))
         if "throughput" in args.only:
-            res["throughput"] = alternate(args, ("none",) + TOOLS, "throughput",
+            res["throughput"] = alternate(args, throughput_rows(args), "throughput",
                                           lambda t: run_throughput(t, args, work),
                                           lambda x: f"{x['commits_per_s']:.0f} commits/s")
         if "ingest" in args.only:
@@ -723,7 +744,7 @@ def report(res, args, out):
         p("| replicator | median commits/s | runs | vs none |")
         p("|---|---:|---|---:|")
         base = med(T["none"], "commits_per_s")
-        for t in ("none",) + TOOLS:
+        for t in (t for t in ("none", FLOOR) + TOOLS if t in T):
             m = med(T[t], "commits_per_s")
             p(f"| {t} | {m:.0f} | {fmt_runs(T[t], 'commits_per_s', '{:.0f}')} | {(m / base - 1) * 100:+.1f} % |")
         p("")
@@ -870,6 +891,9 @@ def main():
     ap.add_argument("--settle", type=float, default=3.0, help="seconds to wait after the last lag commit")
     ap.add_argument("--synchronous", default="NORMAL")
     ap.add_argument("--seconds", type=float, default=10, help="throughput run length")
+    ap.add_argument("--floor", action="store_true",
+                    help="throughput also beside scripts/bench/side.py cycle with no replicator: the pin and "
+                         "checkpoint cycle alone, what holding the WAL costs any replicator")
     ap.add_argument("--ingest-mb", type=int, default=200)
     ap.add_argument("--quiet", type=float, default=5.0, help="seconds without a new file that end catch-up")
     ap.add_argument("--restores", type=int, default=2, help="restores per ingest run (history: per point and round)")

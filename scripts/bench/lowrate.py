@@ -11,7 +11,8 @@ prints one JSON line: walstream's CPU seconds over that time plus 1.2 s,
 its share of one core, CPU microseconds and context switches (all threads)
 per commit. REP_PARENT=DIR puts the replica under DIR (e.g. /dev/shm, to
 leave the file system's costs out). PERF=FILE runs walstream under
-`perf record -g` instead (the CPU columns then read 0).
+`perf record -g` instead (the CPU columns then read 0); PERF_G replaces
+`-g`, e.g. PERF_G="--call-graph dwarf,16384" for whole stacks.
 """
 import json, os, shutil, signal, sqlite3, subprocess, sys, tempfile, time
 
@@ -33,7 +34,7 @@ with open(cfg, "w") as f:
 cmd = [wal, "replicate", "--config", cfg]
 perf = os.environ.get("PERF")
 if perf:
-    cmd = ["perf", "record", "-e", "cpu-clock", "-F", "4999", "-g", "-o", perf, "--"] + cmd
+    cmd = ["perf", "record", "-e", "cpu-clock", "-F", "4999", *os.environ.get("PERF_G", "-g").split(), "-o", perf, "--"] + cmd
 proc = subprocess.Popen(cmd, stderr=open(os.path.join(work, "log"), "w"))
 while not (os.path.isdir(rep + "/segments") and os.listdir(rep + "/segments")):
     app.execute("INSERT INTO t(v) VALUES (randomblob(40))")

@@ -23,7 +23,9 @@ none NORMAL`; the modes are listed there). PROBE_LATENCY=1 times every
 commit of throughput/none and adds its median, p99, p99.9 and maximum
 (lat_ms) and the commits of 1 ms or more (over_1ms, over_1ms_s: their count
 and time). The output also sums how long walstream held the application's
-writers (held_ms, from the checkpoint debug lines).
+writers (held_ms, from the checkpoint debug lines). PROBE_LOG sets
+walstream's WALSTREAM_LOG (default walstream=debug; the segment, checkpoint
+and held_ms figures need it).
 """
 import os, sys, time, sqlite3, subprocess, shutil, tempfile, signal, re, json
 mode = sys.argv[1]          # throughput | ingest | none
@@ -39,7 +41,7 @@ c.execute("PRAGMA journal_mode=WAL")
 c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, seq INTEGER, ts INTEGER, v BLOB)")
 c.execute("INSERT INTO t(seq, ts, v) VALUES (0, 0, randomblob(40))")
 c.close()
-env = dict(os.environ, WALSTREAM_LOG="walstream=debug")
+env = dict(os.environ, WALSTREAM_LOG=os.environ.get("PROBE_LOG", "walstream=debug"))
 proc = None
 side = None
 if os.environ.get("PROBE_SIDE"):

@@ -23,13 +23,27 @@ const TMP_PREFIX: &str = ".tmp-";
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    file_work: FileWork,
+}
+
+/// Where a [`LocalStore`] does its blocking file work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileWork {
+    /// On tokio's blocking pool, so async tasks never block on the disk.
+    BlockingPool,
+    /// In the thread polling the request: the form
+    /// [`ObjectStore::for_own_thread`] returns.
+    PollingThread,
 }
 
 impl LocalStore {
     /// A store rooted at `root`. Nothing is touched on disk: a root that does not exist
     /// yet lists as empty and is created by the first write.
     pub fn new(root: impl Into<PathBuf>) -> LocalStore {
-        LocalStore { root: root.into() }
+        LocalStore {
+            root: root.into(),
+            file_work: FileWork::BlockingPool,
+        }
     }
 
     /// The directory this store lives in.
@@ -67,7 +81,8 @@ impl LocalStore {
         let path = self.path_for(key);
         let ctx = self.ctx(op, key);
         let ctx2 = ctx.clone();
-        run_blocking(&ctx2, move || write_atomic(&ctx, &path, mode, fill)).await
+        self.run_blocking(&ctx2, move || write_atomic(&ctx, &path, mode, fill))
+            .await
     }
 }
 
@@ -122,15 +137,20 @@ fn is_missing(e: &io::Error) -> bool {
     )
 }
 
-/// Runs blocking filesystem work off the async runtime.
-async fn run_blocking<T, F>(ctx: &ErrCtx, f: F) -> Result<T, StoreError>
-where
-    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
-    T: Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result,
-        Err(join) => Err(ctx.io(io::Error::other(format!("blocking task failed: {join}")))),
+impl LocalStore {
+    /// Runs blocking filesystem work where [`FileWork`] says.
+    async fn run_blocking<T, F>(&self, ctx: &ErrCtx, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.file_work == FileWork::PollingThread {
+            return f();
+        }
+        match tokio::task::spawn_blocking(f).await {
+            Ok(result) => result,
+            Err(join) => Err(ctx.io(io::Error::other(format!("blocking task failed: {join}")))),
+        }
     }
 }
 
@@ -399,7 +419,8 @@ impl ObjectStore for LocalStore {
         let path = self.path_for(key);
         let ctx = self.ctx("get", key);
         let ctx2 = ctx.clone();
-        run_blocking(&ctx2, move || read_object(&ctx, &path)).await
+        self.run_blocking(&ctx2, move || read_object(&ctx, &path))
+            .await
     }
 
     async fn get_many(&self, keys: &[String]) -> Vec<Result<Bytes, StoreError>> {
@@ -418,7 +439,7 @@ impl ObjectStore for LocalStore {
                 .map(|(ctx, path)| read_object(&ctx, &path?))
                 .collect())
         };
-        match run_blocking(&batch_ctx, read_all).await {
+        match self.run_blocking(&batch_ctx, read_all).await {
             Ok(results) => results,
             // Only a panic in the task gets here: every key gets the message.
             Err(e) => {
@@ -435,7 +456,7 @@ impl ObjectStore for LocalStore {
         let path = self.path_for(key);
         let ctx = self.ctx("get_range", key);
         let ctx2 = ctx.clone();
-        run_blocking(&ctx2, move || {
+        self.run_blocking(&ctx2, move || {
             let (mut file, size) = open_object(&path).map_err(|e| ctx.read_err(e))?;
             if offset >= size || len == 0 {
                 return Ok(Bytes::new());
@@ -470,7 +491,7 @@ impl ObjectStore for LocalStore {
         let prefix = prefix.to_string();
         let ctx = self.ctx("list", &prefix);
         let ctx2 = ctx.clone();
-        run_blocking(&ctx2, move || {
+        self.run_blocking(&ctx2, move || {
             let mut out = Vec::new();
             walk(&root, "", &prefix, &mut out).map_err(|e| ctx.io(e))?;
             out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -484,7 +505,7 @@ impl ObjectStore for LocalStore {
         let path = self.path_for(key);
         let ctx = self.ctx("delete", key);
         let ctx2 = ctx.clone();
-        run_blocking(&ctx2, move || match fs::remove_file(&path) {
+        self.run_blocking(&ctx2, move || match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if is_missing(&e) => Ok(()),
             // A directory is not an object (and directories are never removed);
@@ -493,5 +514,12 @@ impl ObjectStore for LocalStore {
             Err(e) => Err(ctx.io(e)),
         })
         .await
+    }
+
+    fn for_own_thread(&self) -> Option<std::sync::Arc<dyn ObjectStore>> {
+        Some(std::sync::Arc::new(LocalStore {
+            root: self.root.clone(),
+            file_work: FileWork::PollingThread,
+        }))
     }
 }

@@ -137,6 +137,17 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// Remove `key`. Removing a missing key succeeds.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// This store for a caller that waits on one request at a time from a
+    /// thread of its own (`Handle::block_on` outside the runtime's workers),
+    /// as the capture engine does. A store whose work blocks anyway may return
+    /// a form of itself that does the work in the waiting thread, which saves
+    /// a hand-off to another thread per request; that form must not be used
+    /// from async tasks, and its requests cannot be abandoned half-way by a
+    /// timeout. `None` (the default): the store itself serves that caller.
+    fn for_own_thread(&self) -> Option<std::sync::Arc<dyn ObjectStore>> {
+        None
+    }
 }
 
 /// Polls every future until all are done; their outputs in the given order.

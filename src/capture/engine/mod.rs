@@ -123,6 +123,9 @@ impl Lineage {
 struct Engine {
     db_path: PathBuf,
     store: Arc<dyn ObjectStore>,
+    /// The store's form for this thread ([`ObjectStore::for_own_thread`]),
+    /// see [`Engine::shipping_store`].
+    own_store: Arc<dyn ObjectStore>,
     opts: CaptureOptions,
     rt: Handle,
     src: Option<Source>,
@@ -413,6 +416,7 @@ impl Engine {
         });
         Engine {
             db_path,
+            own_store: store.for_own_thread().unwrap_or_else(|| Arc::clone(&store)),
             store,
             opts,
             rt,
@@ -546,6 +550,16 @@ impl Engine {
 
     fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
+    }
+
+    /// The store a shipping request goes to. While writers are held, the
+    /// shared one: its requests run elsewhere (a local directory's on the
+    /// blocking pool), so [`Engine::store_call`] can abandon one at the end of
+    /// [`LOCKED_STORE_BUDGET`]. Otherwise the form working in this thread,
+    /// which spares a thread hand-off per segment.
+    fn shipping_store(&self) -> Arc<dyn ObjectStore> {
+        let held = self.writers_held_until.is_some();
+        Arc::clone(shipping_store(held, &self.store, &self.own_store))
     }
 
     /// A store request of the shipping path; while writers are held it gets
@@ -923,7 +937,7 @@ impl Engine {
     fn put_create_only(&mut self, key: &str, plain: Bytes) -> Result<(), CaptureError> {
         self.ensure_lease()?;
         let body = self.seal_segment(key, &plain)?;
-        let store = Arc::clone(&self.store);
+        let store = self.shipping_store();
         match self.store_call("put", key, store.put(key, body, PutMode::CreateOnly)) {
             Ok(()) => Ok(()),
             Err(StoreError::AlreadyExists { .. }) => {
@@ -1021,6 +1035,19 @@ fn is_new_generation(p: &WalPosition, h: &WalHeader) -> bool {
     h.checkpoint_seq == 0 || (1..=MAX_UNSEEN_RESTARTS).contains(&h.salt1.wrapping_sub(p.salt1))
 }
 
+/// See [`Engine::shipping_store`].
+fn shipping_store<'a>(
+    writers_held: bool,
+    shared: &'a Arc<dyn ObjectStore>,
+    own_thread: &'a Arc<dyn ObjectStore>,
+) -> &'a Arc<dyn ObjectStore> {
+    if writers_held {
+        shared
+    } else {
+        own_thread
+    }
+}
+
 fn position(h: &WalHeader, frame: u32, checksum: (u32, u32)) -> WalPosition {
     WalPosition {
         salt1: h.salt1,
@@ -1034,6 +1061,16 @@ fn position(h: &WalHeader, frame: u32, checksum: (u32, u32)) -> WalPosition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_with_writers_held_go_to_the_store_that_can_be_abandoned() {
+        let shared: Arc<dyn ObjectStore> = Arc::new(crate::store::LocalStore::new("/replica"));
+        let own = shared
+            .for_own_thread()
+            .expect("a local store's own-thread form");
+        assert!(Arc::ptr_eq(shipping_store(true, &shared, &own), &shared));
+        assert!(Arc::ptr_eq(shipping_store(false, &shared, &own), &own));
+    }
 
     #[test]
     fn looks_are_paused_only_with_an_upload_interval() {

@@ -222,7 +222,7 @@ impl Engine {
             None => None,
         };
         let upload = sealed.as_ref().unwrap_or(plain).path.clone();
-        let store = std::sync::Arc::clone(&self.store);
+        let store = self.shipping_store();
         match self.store_call("put", key, store.put_file(key, upload, PutMode::CreateOnly)) {
             Ok(()) => Ok(()),
             Err(StoreError::AlreadyExists { .. }) => self.check_same_header(key, header),
@@ -239,7 +239,7 @@ impl Engine {
     fn check_same_header(&mut self, key: &str, header: &ObjectHeader) -> Result<(), CaptureError> {
         let indexed = header.page_index.as_ref().map_or(0, Vec::len);
         let len = ObjectHeader::encoded_len(header.commits.len(), indexed) as u64;
-        let store = std::sync::Arc::clone(&self.store);
+        let store = self.shipping_store();
         let bytes = self.store_call("get", key, store.get_range(key, 0, len))?;
         let same = ObjectHeader::decode(&mut &bytes[..]).is_ok_and(|mut stored| {
             // Sealing sets these two; everything else must match.
