@@ -22,7 +22,9 @@ starts scripts/bench/side.py MODE beside the application for the whole run
 none NORMAL`; the modes are listed there). PROBE_LATENCY=1 times every
 commit of throughput/none and adds its median, p99, p99.9 and maximum
 (lat_ms) and the commits of 1 ms or more (over_1ms, over_1ms_s: their count
-and time). The output also sums how long walstream held the application's
+and time). app_run_delay_us is how long the application waited on a run queue per
+commit (runnable but not running, /proc/self/schedstat). The output also
+sums how long walstream held the application's
 writers (held_ms, from the checkpoint debug lines). PROBE_LOG sets
 walstream's WALSTREAM_LOG (default walstream=debug; the segment, checkpoint
 and held_ms figures need it).
@@ -79,7 +81,9 @@ def shipped_lines():
     if not proc: return []
     return [l for l in open(os.path.join(work, "log")) if "segment shipped" in l]
 n0 = len(shipped_lines())
-cpu0 = cpu(); lat = []; t0 = time.perf_counter(); n = 0; app_cpu0 = time.process_time()
+def run_delay():  # ns this process waited on a run queue (/proc/self/schedstat)
+    return int(open("/proc/self/schedstat").read().split()[1])
+cpu0 = cpu(); lat = []; t0 = time.perf_counter(); n = 0; app_cpu0 = time.process_time(); delay0 = run_delay()
 if mode in ("throughput", "none"):
     end = t0 + 10
     timed, pc = bool(os.environ.get("PROBE_LATENCY")), time.perf_counter
@@ -94,7 +98,8 @@ else:
         conn.execute("INSERT INTO t(seq, ts, v) VALUES (1, 0, randomblob(100000))"); n += 1
     app = time.perf_counter() - t0
 time.sleep(4)
-res = {"app_cpu_share": round((time.process_time() - app_cpu0) / app, 2), "mode": mode, "sync": sync, "commits": n, "app_s": round(app, 2), "commits_per_s": round(n / app),
+res = {"app_cpu_share": round((time.process_time() - app_cpu0) / app, 2),
+       "app_run_delay_us": round((run_delay() - delay0) / 1e3 / max(n, 1), 2), "mode": mode, "sync": sync, "commits": n, "app_s": round(app, 2), "commits_per_s": round(n / app),
        "load": open("/proc/loadavg").read().split()[:3]}
 if lat:
     lat.sort(); q = lambda f: round(lat[min(len(lat) - 1, int(f * len(lat)))] * 1e3, 3)
