@@ -665,45 +665,34 @@ fn tmp_files(root: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Runs `check` on a fresh local store, then asserts that no temporary file was left.
+/// Asserts that no temporary file was left below `root`.
+fn assert_no_tmp_files(root: &Path) {
+    assert_eq!(
+        tmp_files(root),
+        Vec::<PathBuf>::new(),
+        "leftover temp files"
+    );
+}
+
+/// Runs `check` on a fresh local store, then asserts that no temporary file
+/// was left. With a second name, also runs it on the store's form for a
+/// thread of its own ([`ObjectStore::for_own_thread`]), driven the way the
+/// capture engine drives it: from a plain thread, waiting with
+/// `Handle::block_on`.
 macro_rules! local_test {
     ($name:ident, $check:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn $name() {
             let (dir, store) = local();
             $check(&*store).await;
-            assert_eq!(
-                tmp_files(dir.path()),
-                Vec::<PathBuf>::new(),
-                "leftover temp files"
-            );
+            assert_no_tmp_files(dir.path());
         }
     };
-}
+    ($name:ident, $own:ident, $check:ident) => {
+        local_test!($name, $check);
 
-local_test!(local_put_create_only_then_get, put_create_only_then_get);
-local_test!(local_second_create_only_fails, second_create_only_fails);
-local_test!(local_overwrite_replaces, overwrite_replaces);
-local_test!(local_get_missing_is_not_found, get_missing_is_not_found);
-local_test!(local_get_range_cases, get_range_cases);
-local_test!(
-    local_get_many_answers_each_key_in_order,
-    get_many_answers_each_key_in_order
-);
-local_test!(local_get_reader_streams, get_reader_streams);
-local_test!(local_list_prefixes_and_sorting, list_prefixes_and_sorting);
-local_test!(local_list_many_keys, list_many_keys);
-local_test!(local_delete_semantics, delete_semantics);
-local_test!(local_put_file_round_trip, put_file_round_trip);
-local_test!(local_invalid_keys_rejected, invalid_keys_rejected);
-
-/// Runs `check` on the form of a fresh local store for a thread of its own
-/// ([`ObjectStore::for_own_thread`]), driven the way the capture engine
-/// drives it: from a plain thread, waiting with `Handle::block_on`.
-macro_rules! local_own_thread_test {
-    ($name:ident, $check:ident) => {
         #[test]
-        fn $name() {
+        fn $own() {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -717,40 +706,60 @@ macro_rules! local_own_thread_test {
             std::thread::spawn(move || handle.block_on($check(&*own)))
                 .join()
                 .expect("the checks passed");
-            assert_eq!(
-                tmp_files(dir.path()),
-                Vec::<PathBuf>::new(),
-                "leftover temp files"
-            );
+            assert_no_tmp_files(dir.path());
         }
     };
 }
 
-local_own_thread_test!(
+local_test!(
+    local_put_create_only_then_get,
     local_own_thread_put_create_only_then_get,
     put_create_only_then_get
 );
-local_own_thread_test!(
+local_test!(
+    local_second_create_only_fails,
     local_own_thread_second_create_only_fails,
     second_create_only_fails
 );
-local_own_thread_test!(local_own_thread_overwrite_replaces, overwrite_replaces);
-local_own_thread_test!(
+local_test!(
+    local_overwrite_replaces,
+    local_own_thread_overwrite_replaces,
+    overwrite_replaces
+);
+local_test!(
+    local_get_missing_is_not_found,
     local_own_thread_get_missing_is_not_found,
     get_missing_is_not_found
 );
-local_own_thread_test!(local_own_thread_get_range_cases, get_range_cases);
-local_own_thread_test!(
+local_test!(
+    local_get_range_cases,
+    local_own_thread_get_range_cases,
+    get_range_cases
+);
+local_test!(
+    local_get_many_answers_each_key_in_order,
     local_own_thread_get_many_answers_each_key_in_order,
     get_many_answers_each_key_in_order
 );
-local_own_thread_test!(
+local_test!(local_get_reader_streams, get_reader_streams);
+local_test!(
+    local_list_prefixes_and_sorting,
     local_own_thread_list_prefixes_and_sorting,
     list_prefixes_and_sorting
 );
-local_own_thread_test!(local_own_thread_delete_semantics, delete_semantics);
-local_own_thread_test!(local_own_thread_put_file_round_trip, put_file_round_trip);
-local_own_thread_test!(
+local_test!(local_list_many_keys, list_many_keys);
+local_test!(
+    local_delete_semantics,
+    local_own_thread_delete_semantics,
+    delete_semantics
+);
+local_test!(
+    local_put_file_round_trip,
+    local_own_thread_put_file_round_trip,
+    put_file_round_trip
+);
+local_test!(
+    local_invalid_keys_rejected,
     local_own_thread_invalid_keys_rejected,
     invalid_keys_rejected
 );
@@ -778,11 +787,7 @@ fn local_own_thread_works_in_the_polling_thread() {
 async fn local_concurrent_create_only_single_winner() {
     let (dir, store) = local();
     concurrent_create_only_single_winner(Arc::clone(&store)).await;
-    assert_eq!(
-        tmp_files(dir.path()),
-        Vec::<PathBuf>::new(),
-        "leftover temp files"
-    );
+    assert_no_tmp_files(dir.path());
 }
 
 #[tokio::test]

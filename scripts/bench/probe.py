@@ -22,12 +22,12 @@ starts scripts/bench/side.py MODE beside the application for the whole run
 none NORMAL`; the modes are listed there). PROBE_LATENCY=1 times every
 commit of throughput/none and adds its median, p99, p99.9 and maximum
 (lat_ms) and the commits of 1 ms or more (over_1ms, over_1ms_s: their count
-and time). app_run_delay_us is how long the application waited on a run queue per
-commit (runnable but not running, /proc/self/schedstat). The output also
-sums how long walstream held the application's
-writers (held_ms, from the checkpoint debug lines). PROBE_LOG sets
-walstream's WALSTREAM_LOG (default walstream=debug; the segment, checkpoint
-and held_ms figures need it).
+and time). app_run_delay_us is how long the application waited on a run
+queue per commit (runnable but not running, /proc/self/schedstat). The
+output also sums how long walstream held the application's writers
+(held_ms, from the checkpoint debug lines). PROBE_LOG sets walstream's
+WALSTREAM_LOG (default walstream=debug; the segment, checkpoint and held_ms
+figures need it).
 """
 import os, sys, time, sqlite3, subprocess, shutil, tempfile, signal, re, json
 mode = sys.argv[1]          # throughput | ingest | none

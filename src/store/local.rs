@@ -84,6 +84,21 @@ impl LocalStore {
         self.run_blocking(&ctx2, move || write_atomic(&ctx, &path, mode, fill))
             .await
     }
+
+    /// Runs blocking filesystem work where [`FileWork`] says.
+    async fn run_blocking<T, F>(&self, ctx: &ErrCtx, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.file_work == FileWork::PollingThread {
+            return f();
+        }
+        match tokio::task::spawn_blocking(f).await {
+            Ok(result) => result,
+            Err(join) => Err(ctx.io(io::Error::other(format!("blocking task failed: {join}")))),
+        }
+    }
 }
 
 /// What an error message needs to say where it happened.
@@ -135,23 +150,6 @@ fn is_missing(e: &io::Error) -> bool {
         e.kind(),
         ErrorKind::NotFound | ErrorKind::NotADirectory | ErrorKind::IsADirectory
     )
-}
-
-impl LocalStore {
-    /// Runs blocking filesystem work where [`FileWork`] says.
-    async fn run_blocking<T, F>(&self, ctx: &ErrCtx, f: F) -> Result<T, StoreError>
-    where
-        F: FnOnce() -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static,
-    {
-        if self.file_work == FileWork::PollingThread {
-            return f();
-        }
-        match tokio::task::spawn_blocking(f).await {
-            Ok(result) => result,
-            Err(join) => Err(ctx.io(io::Error::other(format!("blocking task failed: {join}")))),
-        }
-    }
 }
 
 /// The whole object in the file at `path`. Objects are never modified once
@@ -518,8 +516,8 @@ impl ObjectStore for LocalStore {
 
     fn for_own_thread(&self) -> Option<std::sync::Arc<dyn ObjectStore>> {
         Some(std::sync::Arc::new(LocalStore {
-            root: self.root.clone(),
             file_work: FileWork::PollingThread,
+            ..self.clone()
         }))
     }
 }
